@@ -1,0 +1,236 @@
+"""Events: what the engine tells its clients, as small immutable records.
+
+The engine thread publishes these; the console (or `redline run --headless`)
+drains them. They are plain data with no torch inside, so a client can be tested
+by feeding it events, and every event serialises to one JSON line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+class EngineState(str, enum.Enum):
+    """Lifecycle of the engine thread."""
+
+    STARTING = "starting"  # thread up, model not loaded yet
+    LOADING = "loading"  # loading or building the model
+    IDLE = "idle"  # model loaded, no experiment running
+    RUNNING = "running"  # an experiment is running
+    PAUSED = "paused"  # experiment held at a step() boundary
+    STOPPING = "stopping"  # emergency stop in progress
+    RECOVERING = "recovering"  # an emergency procedure (rollback, reload) is running
+    ERROR = "error"  # the engine itself failed; see the CRITICAL alert
+    STOPPED = "stopped"  # thread has exited
+
+
+SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFO")
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of every event; `kind` names the event type in JSON output."""
+
+    kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"event": self.kind}
+        for f in dataclasses.fields(self):
+            data[f.name] = _plain(getattr(self, f.name))
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, default=str)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStateChanged(Event):
+    kind: ClassVar[str] = "state"
+    state: EngineState
+    detail: str = ""
+    model: str = ""
+    device: str = ""
+    dtype: str = ""
+    experiment: str | None = None
+    step: int = 0
+    step_name: str = ""
+    started_at: float = 0.0  # engine start, for the uptime clock
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSnapshot(Event):
+    """One fused health scan. Latest wins: a slow client only sees the newest."""
+
+    kind: ClassVar[str] = "health"
+    status: str  # OK | WARNING | CRITICAL
+    nan_count: int = 0
+    inf_count: int = 0
+    max_abs_weight: float = 0.0
+    grad_norm: float | None = None  # None when no parameter has a gradient
+    perplexity: float | None = None  # None until measured
+    baseline_perplexity: float | None = None
+    device_memory_used: int | None = None  # bytes; None on CPU-only runs
+    device_memory_total: int | None = None
+    host_memory_used: int = 0  # bytes, this process (RSS)
+    host_memory_total: int = 0  # bytes, the machine
+    issues: int = 0
+    scan_ms: float = 0.0
+    step: int = 0
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert(Event):
+    """An alert. Never dropped: every alert reaches every client."""
+
+    kind: ClassVar[str] = "alert"
+    severity: str  # one of SEVERITIES
+    message: str
+    source: str = "engine"
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """One checkpoint as the console lists it (not an event by itself)."""
+
+    id: str
+    created: float  # epoch seconds
+    purpose: str = ""
+    state: str = ""  # metadata "state": baseline | modified | forensic | auto ...
+    size_bytes: int = 0  # bytes this checkpoint references
+    verified: bool | None = None  # None: not verified in this session
+    health: str = ""  # health status when it was saved (OK/WARNING/CRITICAL), "" unknown
+    tags: tuple[str, ...] = ()
+    metadata_json: str = "{}"  # the full metadata, JSON text, shown literally
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointList(Event):
+    """The full, current list (oldest first). Sent at start and on any change."""
+
+    kind: ClassVar[str] = "checkpoints"
+    checkpoints: tuple[CheckpointInfo, ...] = ()
+    disk_usage: int = 0
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSaved(Event):
+    kind: ClassVar[str] = "checkpoint_saved"
+    checkpoint: CheckpointInfo
+    origin: str = "engine"  # "engine" | "external" (another process)
+    seconds: float = 0.0
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRestored(Event):
+    kind: ClassVar[str] = "checkpoint_restored"
+    checkpoint_id: str
+    ok: bool
+    message: str = ""
+    seconds: float = 0.0
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointDeleted(Event):
+    kind: ClassVar[str] = "checkpoint_deleted"
+    checkpoint_id: str
+    origin: str = "engine"
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorChange:
+    layer: str
+    change: float  # magnitude (L2 norm of the difference)
+    relative: float = 0.0  # change / norm of the first tensor
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonReady(Event):
+    """Answer to a Compare command: the most-changed tensors, largest first."""
+
+    kind: ClassVar[str] = "comparison"
+    checkpoint_a: str
+    checkpoint_b: str  # a checkpoint id, or "current" for the live model
+    num_differences: int = 0
+    differences: tuple[TensorChange, ...] = ()
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class CouplingView(Event):
+    """Tied-weight groups and coupled modifications recorded so far."""
+
+    kind: ClassVar[str] = "coupling"
+    groups: tuple[tuple[str, ...], ...] = ()
+    storages: tuple[str, ...] = ()  # one description per group: "0x7f.. 1.2 MiB float32"
+    coupled_modifications: int = 0
+    recent: tuple[str, ...] = ()  # newest coupled-modification descriptions
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress(Event):
+    """Progress of long work (model load, training the demo model, restore)."""
+
+    kind: ClassVar[str] = "progress"
+    task: str
+    done: float
+    total: float | None = None  # None: indeterminate
+    message: str = ""
+    finished: bool = False
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentStep(Event):
+    kind: ClassVar[str] = "step"
+    experiment: str
+    step: int
+    name: str = ""
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine(Event):
+    kind: ClassVar[str] = "log"
+    text: str
+    source: str = "experiment"
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandDone(Event):
+    """Acknowledges a command by the id `Engine.submit` returned."""
+
+    kind: ClassVar[str] = "command_done"
+    command_id: int
+    command: str  # the command's kind, e.g. "save"
+    ok: bool
+    message: str = ""
+    result: str = ""  # e.g. the checkpoint id a save produced
+    time: float = field(default_factory=_now)
