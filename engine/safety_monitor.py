@@ -1,0 +1,459 @@
+"""SafetyMonitor: the guide's layer 2 (detection): health checks, alerts, emergency callback.
+
+Every check returns `{"status": "OK"|"WARNING"|"CRITICAL", "message", "issues", ...stats}`
+where each issue is `{"severity", "message", "source", "layer", "check", ...}`.
+Every issue also becomes an alert (history in memory, a JSON-lines journal when
+a run directory is given, and every alert listener), except that an issue that
+persists across consecutive checks of the same thing is alerted once, and again
+only after it has cleared: the engine scans once a second and must not flood.
+The emergency callback runs on every check that finds a CRITICAL issue.
+
+The model scan itself is `engine.health_scan` (one pass per tensor, one host
+sync); activation hooks are `engine.activation_monitor`.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import json
+import logging
+import math
+import threading
+import time
+from datetime import datetime
+from numbers import Real
+from pathlib import Path
+from typing import Callable
+
+import psutil
+import torch
+
+from engine.activation_monitor import ActivationMonitor
+from engine.fsutil import append_line, secure_mkdir
+from engine.health_scan import ScanResult, scan_model, scan_tensors
+from engine.severity import Severity, status_for
+
+log = logging.getLogger("redline.safety")
+log.addHandler(logging.NullHandler())  # no stderr fallback: a full-screen console owns the terminal
+
+ALERT_JOURNAL = "alerts.jsonl"
+MAX_ISSUES_PER_CHECK_KIND = 10  # beyond this many tensors with the same problem, one summary issue
+ALERT_HISTORY_LIMIT = 100_000  # in memory; the journal keeps everything
+
+# name -> (default, lower bound, upper bound or None, integer?, what it means)
+_THRESHOLDS: dict[str, tuple[float, float, float | None, bool, str]] = {
+    "nan_tolerance": (0, 0, None, True, "NaN values a check tolerates before CRITICAL"),
+    "inf_tolerance": (0, 0, None, True, "Inf values a check tolerates before CRITICAL"),
+    "max_weight_value": (100.0, 0, None, False, "largest |weight| before HIGH"),
+    "gradient_clip": (10.0, 0, None, False, "total gradient L2 norm before HIGH"),
+    "device_memory_fraction": (0.90, 0, 1, False, "accelerator memory used fraction before HIGH"),
+    "host_memory_fraction": (0.90, 0, 1, False, "machine RAM used fraction before HIGH"),
+    "activation_spike_factor": (10.0, 1, None, False, "max|activation| over its baseline before HIGH"),
+    "activation_warmup": (3, 0, None, True, "forward calls before activation baselines are trusted"),
+    "perplexity_drift": (0.05, 0, None, False, "relative perplexity rise reported as LOW"),
+    "perplexity_warning": (0.20, 0, None, False, "relative perplexity rise before HIGH"),
+    "perplexity_critical": (0.50, 0, None, False, "relative perplexity rise before CRITICAL (rollback)"),
+}
+
+
+def _now_iso(t: float) -> str:
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="milliseconds")
+
+
+def _issue(severity: str, source: str, check: str, message: str, layer: str | None = None, **extra) -> dict:
+    return {"severity": severity, "message": message, "source": source, "layer": layer, "check": check, **extra}
+
+
+def _callback_wants_result(fn: Callable) -> bool:
+    """True if `fn` takes one positional argument (the check result), False if none; else TypeError."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False  # builtins without a signature: call as the guide does, with no arguments
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    required_kw = [p for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    if len(required) > 1 or required_kw:
+        raise TypeError(
+            f"emergency callback {fn!r} must accept no arguments or one (the check result); "
+            f"its signature is {inspect.signature(fn)}"
+        )
+    return bool(positional) or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _summary(issues: list[dict]) -> str:
+    if not issues:
+        return "OK"
+    ranked = sorted(issues, key=lambda i: Severity.parse(i["severity"]), reverse=True)
+    head = "; ".join(f"{i['severity']}: {i['message']}" for i in ranked[:2])
+    return head if len(ranked) <= 2 else f"{head} (+{len(ranked) - 2} more)"
+
+
+def _capped(issues: list[dict], source: str, check: str, noun: str) -> list[dict]:
+    """Keep the first few per-tensor issues of one kind and summarise the rest in one issue."""
+    if len(issues) <= MAX_ISSUES_PER_CHECK_KIND:
+        return issues
+    rest = issues[MAX_ISSUES_PER_CHECK_KIND:]
+    worst = max((i["severity"] for i in rest), key=Severity.parse)
+    summary = _issue(worst, source, check + "_more", f"{len(rest)} more tensors with {noun}", count=len(rest))
+    return issues[:MAX_ISSUES_PER_CHECK_KIND] + [summary]
+
+
+class SafetyMonitor:
+    """Health checks with thresholds, deduplicated alerts, an alert journal and an emergency callback."""
+
+    def __init__(self, run_dir: str | Path | None = None):
+        self.thresholds: dict[str, float] = {name: spec[0] for name, spec in _THRESHOLDS.items()}
+        self.journal_path: Path | None = None
+        if run_dir is not None:
+            self.journal_path = secure_mkdir(run_dir) / ALERT_JOURNAL
+        self._lock = threading.RLock()
+        self._alerts: collections.deque[dict] = collections.deque(maxlen=ALERT_HISTORY_LIMIT)
+        self._active: dict[object, set] = {}  # check scope -> keys of issues alerted and still present
+        self._listeners: list[Callable[[dict], None]] = []
+        self._emergency: Callable | None = None
+        self._emergency_wants_result = False
+        self._in_emergency = False
+        self._activations: ActivationMonitor | None = None
+        self._process = psutil.Process()
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def set_threshold(self, name: str, value: float) -> None:
+        """Set a named threshold; unknown names and out-of-range values raise ValueError."""
+        if name not in _THRESHOLDS:
+            known = "\n".join(f"  {n} (default {s[0]}): {s[4]}" for n, s in _THRESHOLDS.items())
+            raise ValueError(f"unknown threshold {name!r}; known thresholds:\n{known}")
+        _, low, high, integer, meaning = _THRESHOLDS[name]
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise ValueError(f"threshold {name!r} ({meaning}) must be a number, got {value!r}")
+        value = float(value)
+        if math.isnan(value) or value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"between {low} and {high}"
+            raise ValueError(f"threshold {name!r} ({meaning}) must be {bounds}, got {value!r}")
+        if integer and math.isfinite(value):
+            if not value.is_integer():
+                raise ValueError(f"threshold {name!r} ({meaning}) must be a whole number, got {value!r}")
+            value = int(value)
+        with self._lock:
+            self.thresholds[name] = value
+
+    def set_emergency_callback(self, fn: Callable | None) -> None:
+        """`fn()` (or `fn(result)` if it takes an argument) runs when a check finds a CRITICAL issue."""
+        if fn is None:
+            self._emergency, self._emergency_wants_result = None, False
+            return
+        if not callable(fn):
+            raise TypeError(f"emergency callback must be callable, got {fn!r}")
+        self._emergency_wants_result = _callback_wants_result(fn)
+        self._emergency = fn
+
+    def add_alert_listener(self, fn: Callable[[dict], None]) -> None:
+        """`fn(alert)` is called (in the checking thread) for every new alert."""
+        if not callable(fn):
+            raise TypeError(f"alert listener must be callable, got {fn!r}")
+        with self._lock:
+            self._listeners.append(fn)
+
+    def remove_alert_listener(self, fn: Callable[[dict], None]) -> None:
+        with self._lock:
+            if fn in self._listeners:
+                self._listeners.remove(fn)
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def check_tensor_health(self, tensor: torch.Tensor, name: str) -> dict:
+        """NaN / Inf (CRITICAL) and |value| above max_weight_value (HIGH) in one tensor, plus its stats."""
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"check_tensor_health needs a torch.Tensor for {name!r}, got {type(tensor).__name__}")
+        scan = scan_tensors([(name, tensor)])
+        issues = self._weight_issues(scan)
+        mean = std = 0.0
+        if tensor.is_floating_point() and tensor.numel():
+            with torch.no_grad():
+                t = tensor.detach()
+                if scan.nan_count or scan.inf_count:
+                    t = t[torch.isfinite(t)]
+                if t.numel():
+                    std_t, mean_t = torch.std_mean(t.float(), correction=0)
+                    mean, std = torch.stack([mean_t, std_t]).tolist()
+        stats = scan.weights[0] if scan.weights else None
+        result = {
+            "status": status_for(i["severity"] for i in issues),
+            "message": _summary(issues),
+            "issues": issues,
+            "name": name,
+            "nan_count": scan.nan_count,
+            "inf_count": scan.inf_count,
+            "max_abs": stats.finite_max_abs if stats else 0.0,  # over the finite values
+            "min": stats.minimum if stats else 0.0,
+            "max": stats.maximum if stats else 0.0,
+            "mean": mean,
+            "std": std,
+            "numel": tensor.numel(),
+            "shape": tuple(tensor.shape),
+            "dtype": str(tensor.dtype).removeprefix("torch."),
+        }
+        self._after_check(("tensor", name), result)
+        return result
+
+    def check_model_health(self, model: torch.nn.Module) -> dict:
+        """Weights, gradients, memory and (if attached) activations, in one fused scan."""
+        start = time.perf_counter()
+        monitor = self._activations
+        pending = monitor.take_pending() if monitor is not None else []
+        scan = scan_model(model, grads=True, extra=pending)
+        issues = self._weight_issues(scan) + self._grad_issues(scan)
+        if monitor is not None:
+            issues += monitor.resolve(
+                scan.extras,
+                spike_factor=self.thresholds["activation_spike_factor"],
+                warmup=self.thresholds["activation_warmup"],
+            )
+        memory = self._memory_stats(model)
+        issues += memory.pop("issues")
+        nonfinite = [n for s in scan.weights if not s.finite for n in s.names]
+        result = {
+            "status": status_for(i["severity"] for i in issues),
+            "message": _summary(issues),
+            "issues": issues,
+            "nan_count": scan.nan_count,
+            "inf_count": scan.inf_count,
+            "max_abs_weight": scan.max_abs_weight,
+            "grad_norm": scan.grad_norm,
+            **memory,
+            "nonfinite_layers": nonfinite,
+            "tensors_scanned": len(scan.weights),
+            "scan_seconds": time.perf_counter() - start,
+        }
+        self._after_check(("model", id(model)), result)
+        return result
+
+    def check_perplexity(self, perplexity: float, baseline: float) -> dict:
+        """Perplexity against the baseline: LOW above drift, HIGH above +20%, CRITICAL above +50% (or non-finite)."""
+        if isinstance(baseline, bool) or not isinstance(baseline, Real) or not math.isfinite(baseline) or baseline <= 0:
+            raise ValueError(f"baseline perplexity must be a positive finite number, got {baseline!r}")
+        if isinstance(perplexity, bool) or not isinstance(perplexity, Real):
+            raise ValueError(f"perplexity must be a number, got {perplexity!r}")
+        perplexity, baseline = float(perplexity), float(baseline)
+        change = perplexity / baseline - 1.0 if math.isfinite(perplexity) else math.inf
+        t = self.thresholds
+        text = f"perplexity {perplexity:.4g} vs baseline {baseline:.4g} ({change:+.1%})"
+        issues = []
+        if math.isnan(perplexity) or change > t["perplexity_critical"]:
+            issues.append(_issue("CRITICAL", "perplexity", "perplexity", f"{text}: above +{t['perplexity_critical']:.0%}, roll back",
+                                 value=perplexity, baseline=baseline, change=change, threshold=t["perplexity_critical"]))
+        elif change > t["perplexity_warning"]:
+            issues.append(_issue("HIGH", "perplexity", "perplexity", f"{text}: above +{t['perplexity_warning']:.0%}",
+                                 value=perplexity, baseline=baseline, change=change, threshold=t["perplexity_warning"]))
+        elif change > t["perplexity_drift"]:
+            issues.append(_issue("LOW", "perplexity", "perplexity", f"{text}: drifting",
+                                 value=perplexity, baseline=baseline, change=change, threshold=t["perplexity_drift"]))
+        result = {
+            "status": status_for(i["severity"] for i in issues),
+            "message": _summary(issues),
+            "issues": issues,
+            "perplexity": perplexity,
+            "baseline": baseline,
+            "change": change,
+        }
+        self._after_check(("perplexity",), result)
+        return result
+
+    # -- activation hooks -------------------------------------------------------------------------
+
+    def attach_activation_monitor(self, model: torch.nn.Module, *, granularity: str = "blocks") -> None:
+        """Hook `model`'s blocks (or every parameterised leaf); results show in check_model_health."""
+        self.detach_activation_monitor()
+        self._activations = ActivationMonitor(model, granularity=granularity)
+
+    def detach_activation_monitor(self) -> None:
+        if self._activations is not None:
+            self._activations.detach()
+            self._activations = None
+
+    @property
+    def activation_monitor(self) -> ActivationMonitor | None:
+        return self._activations
+
+    @property
+    def activation_modules(self) -> list[str]:
+        return self._activations.module_names if self._activations else []
+
+    # -- alerts ------------------------------------------------------------------------------------
+
+    def get_alert_history(self) -> list[dict]:
+        """Every alert so far (oldest first), as dicts with timestamp (ISO), severity, message, source."""
+        with self._lock:
+            return [dict(a) for a in self._alerts]
+
+    def get_alerts_by_severity(self, level: Severity | str) -> list[dict]:
+        wanted = Severity.parse(level).name
+        with self._lock:
+            return [dict(a) for a in self._alerts if a["severity"] == wanted]
+
+    def raise_alert(self, severity: Severity | str, message: str, source: str = "safety", **extra) -> dict:
+        """Record one alert directly (journal + listeners), without deduplication."""
+        return self._emit(_issue(Severity.parse(severity).name, source, extra.pop("check", source), message, **extra))
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _weight_issues(self, scan: ScanResult) -> list[dict]:
+        t = self.thresholds
+        nan_total, inf_total = scan.nan_count, scan.inf_count
+        nans, infs, big = [], [], []
+        for s in scan.weights:
+            label = s.name + (f" (also {', '.join(s.aliases)})" if s.aliases else "")
+            if s.nan_count:
+                sev = "CRITICAL" if nan_total > t["nan_tolerance"] else "MEDIUM"
+                nans.append(_issue(sev, "weights", "nan", f"{s.nan_count} NaN values in {label}", s.name,
+                                   count=s.nan_count, aliases=list(s.aliases)))
+            if s.inf_count:
+                sev = "CRITICAL" if inf_total > t["inf_tolerance"] else "MEDIUM"
+                infs.append(_issue(sev, "weights", "inf", f"{s.inf_count} Inf values in {label}", s.name,
+                                   count=s.inf_count, aliases=list(s.aliases)))
+            if s.finite_max_abs > t["max_weight_value"]:
+                big.append(_issue("HIGH", "weights", "max_weight_value",
+                                  f"|w| up to {s.finite_max_abs:.4g} in {label} exceeds max_weight_value "
+                                  f"{t['max_weight_value']:g}",
+                                  s.name, value=s.finite_max_abs, threshold=t["max_weight_value"], aliases=list(s.aliases)))
+        return (_capped(nans, "weights", "nan", "NaN values") + _capped(infs, "weights", "inf", "Inf values")
+                + _capped(big, "weights", "max_weight_value", "weights above max_weight_value"))
+
+    def _grad_issues(self, scan: ScanResult) -> list[dict]:
+        if not scan.grads:
+            return []
+        t = self.thresholds
+        nan_total = sum(g.nan_count for g in scan.grads)
+        inf_total = sum(g.inf_count for g in scan.grads)
+        bad, dead = [], []
+        for g in scan.grads:
+            if g.nan_count:
+                sev = "CRITICAL" if nan_total > t["nan_tolerance"] else "MEDIUM"
+                bad.append(_issue(sev, "gradients", "grad_nan", f"{g.nan_count} NaN values in the gradient of {g.name}",
+                                  g.name, count=g.nan_count))
+            if g.inf_count:
+                sev = "CRITICAL" if inf_total > t["inf_tolerance"] else "MEDIUM"
+                bad.append(_issue(sev, "gradients", "grad_inf", f"{g.inf_count} Inf values in the gradient of {g.name}",
+                                  g.name, count=g.inf_count))
+            if g.is_zero:
+                dead.append(_issue("MEDIUM", "gradients", "dead_gradient",
+                                   f"gradient of {g.name} is entirely zero (dead units)", g.name))
+        issues = _capped(bad, "gradients", "grad_nonfinite", "non-finite gradients")
+        if dead and len(dead) == len(scan.grads):
+            issues.append(_issue("INFO", "gradients", "all_gradients_zero",
+                                 f"all {len(dead)} gradients are zero (zeroed, no backward pass since?)"))
+        else:
+            issues += _capped(dead, "gradients", "dead_gradient", "all-zero gradients")
+        norm = scan.grad_norm
+        if norm is not None and not (nan_total or inf_total) and norm > t["gradient_clip"]:
+            issues.append(_issue("HIGH", "gradients", "gradient_clip",
+                                 f"gradient norm {norm:.4g} exceeds gradient_clip {t['gradient_clip']:g} (explosion)",
+                                 value=norm, threshold=t["gradient_clip"]))
+        return issues
+
+    def _memory_stats(self, model: torch.nn.Module) -> dict:
+        t = self.thresholds
+        issues = []
+        dev_used = dev_total = None
+        devices = {p.device for p in model.parameters() if p.device.type == "cuda"}
+        if devices and torch.cuda.is_available():
+            dev_used = dev_total = 0
+            for device in sorted(devices, key=str):
+                free, total = torch.cuda.mem_get_info(device)
+                used = total - free
+                dev_used += used
+                dev_total += total
+                if total and used / total > t["device_memory_fraction"]:
+                    issues.append(_issue("HIGH", "memory", "device_memory",
+                                         f"{device} memory {used / total:.0%} used ({used / 2**30:.1f} of "
+                                         f"{total / 2**30:.1f} GiB) exceeds {t['device_memory_fraction']:.0%}",
+                                         str(device), value=used / total, threshold=t["device_memory_fraction"]))
+        vm = psutil.virtual_memory()
+        host_fraction = (vm.total - vm.available) / vm.total if vm.total else 0.0
+        if host_fraction > t["host_memory_fraction"]:
+            issues.append(_issue("HIGH", "memory", "host_memory",
+                                 f"host memory {host_fraction:.0%} used ({(vm.total - vm.available) / 2**30:.1f} of "
+                                 f"{vm.total / 2**30:.1f} GiB) exceeds {t['host_memory_fraction']:.0%}",
+                                 value=host_fraction, threshold=t["host_memory_fraction"]))
+        return {
+            "issues": issues,
+            "device_memory_used": dev_used,
+            "device_memory_total": dev_total,
+            "host_memory_used": self._process.memory_info().rss,
+            "host_memory_total": vm.total,
+            "host_memory_fraction": host_fraction,
+        }
+
+    def _after_check(self, scope: object, result: dict) -> None:
+        """Alert new issues (deduplicated per scope), then run the emergency callback on CRITICAL."""
+        keys = []
+        fresh = []
+        with self._lock:
+            previous = self._active.get(scope, set())
+            for issue in result["issues"]:
+                key = (issue["severity"], issue["source"], issue["check"], issue["layer"])
+                keys.append(key)
+                if key not in previous:
+                    fresh.append(issue)
+            self._active[scope] = set(keys)
+        for issue in fresh:
+            self._emit(issue)
+        if result["status"] == "CRITICAL":
+            self._run_emergency(result)
+
+    def _run_emergency(self, result: dict) -> None:
+        fn = self._emergency
+        if fn is None or self._in_emergency:
+            return  # a check made by the callback itself does not re-enter it
+        self._in_emergency = True
+        try:
+            fn(result) if self._emergency_wants_result else fn()
+        except Exception as exc:  # noqa: BLE001 - reported as a CRITICAL alert, never swallowed
+            log.exception("emergency callback %r failed", fn)
+            issue = _issue("CRITICAL", "emergency_callback", "emergency_callback",
+                           f"emergency callback failed: {type(exc).__name__}: {exc}")
+            result["issues"].append(issue)
+            self._emit(issue)
+        finally:
+            self._in_emergency = False
+
+    def _emit(self, issue: dict) -> dict:
+        now = time.time()
+        alert = {"timestamp": _now_iso(now), "time": now, **issue}
+        with self._lock:
+            self._alerts.append(alert)
+            listeners = list(self._listeners)
+        log.log(_LOG_LEVELS[alert["severity"]], "[%s] %s: %s", alert["source"], alert["severity"], alert["message"])
+        if self.journal_path is not None:
+            try:
+                append_line(self.journal_path, json.dumps(_json_safe(alert), ensure_ascii=False, default=str))
+            except OSError:
+                log.exception("could not append to the alert journal %s", self.journal_path)
+        for fn in listeners:
+            try:
+                fn(dict(alert))
+            except Exception:  # noqa: BLE001 - one broken listener must not stop the others
+                log.exception("alert listener %r failed", fn)
+        return alert
+
+
+def _json_safe(value):
+    """Non-finite floats as strings, so every journal line is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+_LOG_LEVELS = {
+    "CRITICAL": logging.CRITICAL,
+    "HIGH": logging.ERROR,
+    "MEDIUM": logging.WARNING,
+    "LOW": logging.INFO,
+    "INFO": logging.DEBUG,
+}
