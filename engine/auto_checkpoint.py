@@ -1,0 +1,213 @@
+"""AutoCheckpointer: checkpoints every N modifications it detects by itself (the guide's wrapper).
+
+    auto_cp = AutoCheckpointer(model, "data/auto_checkpoints", frequency=10, max_checkpoints=20)
+    with auto_cp:
+        for i in range(50):
+            modify_layer(i)          # declares nothing; 5 checkpoints result
+
+Inside the ``with`` block a TorchDispatchMode watches every aten operator call on this
+thread. An operator whose schema marks an argument as written (``mul_``, ``copy_``,
+``fill_``, ``index_put_``, ``normal_``, ``out=`` ...) and whose written tensor overlaps the
+bytes of one of the model's parameters is a write to the model, whatever route it took:
+``p.data.mul_()``, ``torch.no_grad()``, ``copy_``, ``p[...] = x``, ``nn.init.*_``.
+
+What one modification is: one operator call that writes into one or more parameter
+storages (a tied pair is one storage, so it counts once). ``with auto_cp.modification():``
+(or ``@auto_cp.modification()``) groups all writes inside into one modification; use it when
+one logical change takes several in-place calls (e.g. ``nn.init.orthogonal_``).
+
+Not seen: writes from other threads, through numpy views of parameters, and rebinding a
+parameter (``module.weight = Parameter(...)``, ``p.data = t``); buffers are not watched
+(their in-place updates, e.g. running statistics, are not weight modifications).
+Overhead: one Python call per operator inside the block (see bench/checkpoints.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from engine.checkpoint_store import CheckpointError, encode_metadata
+from engine.checkpoint_tensors import tracking_suspended, untracked
+
+_write_args_cache: dict = {}
+
+
+def _written_args(func) -> tuple[tuple[int, str], ...]:
+    """(position, name) of every argument the operator writes, from its schema (cached)."""
+    found = _write_args_cache.get(func)
+    if found is None:
+        schema = getattr(func, "_schema", None)
+        found = tuple(
+            (i, a.name)
+            for i, a in enumerate(schema.arguments if schema is not None else ())
+            if a.alias_info is not None and a.alias_info.is_write
+        )
+        _write_args_cache[func] = found
+    return found
+
+
+class _WriteWatch(TorchDispatchMode):
+    def __init__(self, owner: AutoCheckpointer):
+        super().__init__()
+        self.owner = owner
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        written = _written_args(func)
+        hit = bool(written) and not tracking_suspended() and self.owner._writes_parameter(
+            written, args, kwargs
+        )
+        out = func(*args, **kwargs)
+        if hit:
+            self.owner._note_write()
+        return out
+
+
+class AutoCheckpointer:
+    """Context manager that checkpoints after every `frequency`-th detected modification.
+
+    Keeps the newest `max_checkpoints` checkpoints it made itself (older ones of its own are
+    deleted; checkpoints made by anyone else are never touched). Saves nothing on exit: the
+    modifications after the last automatic checkpoint are the caller's to save. `metadata`
+    is added to every automatic checkpoint's metadata (state "auto", tags ["auto"]).
+    Pass `manager=` to share an existing CheckpointManager (then `checkpoint_dir` must be
+    its directory or None).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        checkpoint_dir: str | os.PathLike | None,
+        frequency: int = 10,
+        max_checkpoints: int = 20,
+        *,
+        metadata: dict | None = None,
+        manager=None,
+        memory_snapshot: bool = True,
+    ):
+        from engine.checkpointing import CheckpointManager
+
+        for name, value in (("frequency", frequency), ("max_checkpoints", max_checkpoints)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if manager is None:
+            if checkpoint_dir is None:
+                raise ValueError("give checkpoint_dir (or manager=)")
+            manager = CheckpointManager(model, checkpoint_dir, memory_snapshot=memory_snapshot)
+        elif manager.model is not model:
+            raise ValueError("manager= must be a CheckpointManager of the same model")
+        self.model = model
+        self.manager = manager
+        self.frequency = frequency
+        self.max_checkpoints = max_checkpoints
+        self.metadata = encode_metadata(metadata)
+        self.modifications = 0
+        self.checkpoints: list[str] = []
+        self._since_checkpoint = 0
+        self._group_depth = 0
+        self._group_wrote = False
+        self._ranges: dict[tuple, list[tuple[int, int]]] = {}
+        self._mode: _WriteWatch | None = None
+
+    # ------------------------------------------------------------ context
+
+    def __enter__(self) -> AutoCheckpointer:
+        if self._mode is not None:
+            raise RuntimeError("this AutoCheckpointer is already active; it is not re-entrant")
+        self._index_parameters()
+        self._mode = _WriteWatch(self)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            mode.__exit__(exc_type, exc, tb)
+
+    @contextlib.contextmanager
+    def modification(self) -> Iterator[AutoCheckpointer]:
+        """Count every parameter write inside as one modification."""
+        self._group_depth += 1
+        try:
+            yield self
+        finally:
+            self._group_depth -= 1
+            if self._group_depth == 0 and self._group_wrote:
+                self._group_wrote = False
+                self._count()
+
+    # ------------------------------------------------------------ detection
+
+    def _index_parameters(self) -> None:
+        """Byte ranges of every parameter, by storage."""
+        ranges: dict[tuple, list[tuple[int, int]]] = {}
+        for p in self.model.parameters():
+            if p.device.type == "meta" or p.nbytes == 0:
+                continue
+            start = p.storage_offset() * p.element_size()
+            key = (p.device.type, p.device.index, p.untyped_storage().data_ptr())
+            ranges.setdefault(key, []).append((start, start + p.nbytes))
+        self._ranges = ranges
+
+    def _writes_parameter(self, written, args, kwargs) -> bool:
+        for i, name in written:
+            value = args[i] if i < len(args) else kwargs.get(name)
+            for t in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(t, torch.Tensor) and self._overlaps(t):
+                    return True
+        return False
+
+    def _overlaps(self, t: torch.Tensor) -> bool:
+        try:
+            key = (t.device.type, t.device.index, t.untyped_storage().data_ptr())
+        except (RuntimeError, NotImplementedError):  # tensors without storage (fake, functional)
+            return False
+        ranges = self._ranges.get(key)
+        if not ranges or t.numel() == 0:
+            return False
+        size = t.element_size()
+        start = t.storage_offset() * size
+        end = start + (1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))) * size
+        return any(start < r_end and r_start < end for r_start, r_end in ranges)
+
+    def _note_write(self) -> None:
+        if self._group_depth:
+            self._group_wrote = True
+        else:
+            self._count()
+
+    def _count(self) -> None:
+        self.modifications += 1
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= self.frequency:
+            self._checkpoint()
+
+    # ------------------------------------------------------------ saving
+
+    def _checkpoint(self) -> None:
+        n = self.modifications
+        metadata = {
+            "state": "auto",
+            "purpose": f"automatic checkpoint after {n} modifications",
+            "tags": ["auto"],
+            "modifications": n,
+            **self.metadata,
+        }
+        with untracked():
+            try:
+                checkpoint_id = self.manager.save_checkpoint(metadata)
+            except Exception as exc:
+                raise CheckpointError(
+                    f"automatic checkpoint after {n} modifications failed: {exc}. The "
+                    "modification itself was applied; fix the cause and save manually."
+                ) from exc
+            self._since_checkpoint = 0
+            self.checkpoints.append(checkpoint_id)
+            while len(self.checkpoints) > self.max_checkpoints:
+                self.manager.delete_checkpoint(self.checkpoints.pop(0))
+            self._index_parameters()  # parameters replaced meanwhile are watched from now on

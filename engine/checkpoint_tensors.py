@@ -1,0 +1,176 @@
+"""A model's state as checkpoints see it: named tensors grouped by shared storage, as raw bytes.
+
+The state is `model.state_dict(keep_vars=True)`: every parameter and every *persistent*
+buffer (non-persistent buffers such as rotary `inv_freq` are recomputed by the model and are
+not state). Names that view the same bytes (tied weights: `lm_head.weight` is
+`model.embed_tokens.weight`) form one group, found by storage and byte range, never by a bare
+data_ptr, so meta tensors and views at an offset are not misgrouped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from engine.checkpoint_store import CheckpointError
+
+_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+    "U16": "uint16", "U32": "uint32", "U64": "uint64", "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64",
+}  # fmt: skip
+NAME_TO_DTYPE = {k: getattr(torch, v) for k, v in _DTYPES.items() if hasattr(torch, v)}
+DTYPE_TO_NAME = {v: k for k, v in NAME_TO_DTYPE.items()}
+
+_libc = ctypes.CDLL(None)
+_libc.memcmp.restype = ctypes.c_int
+_libc.memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+@dataclass
+class TensorGroup:
+    """Names sharing one byte range of one storage; `tensor` is the first name's live tensor."""
+
+    names: list[str]
+    tensor: torch.Tensor
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+    @property
+    def dtype_name(self) -> str:
+        return dtype_name(self.tensor.dtype, self.name)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.tensor.shape)
+
+
+def dtype_name(dtype: torch.dtype, what: str = "tensor") -> str:
+    try:
+        return DTYPE_TO_NAME[dtype]
+    except KeyError:
+        raise CheckpointError(
+            f"{what} has dtype {dtype}, which safetensors cannot store; convert it first"
+        ) from None
+
+
+def model_groups(model: torch.nn.Module) -> list[TensorGroup]:
+    """The model's state, one group per distinct tensor, in state_dict order."""
+    groups: dict[tuple, TensorGroup] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.device.type == "meta":
+            raise CheckpointError(
+                f"{name} is on the meta device (not materialised); load the model's weights "
+                "before checkpointing it"
+            )
+        key = storage_key(t) if t.nbytes else ("empty", name)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = TensorGroup([name], t)
+        else:
+            group.names.append(name)
+    return list(groups.values())
+
+
+def storage_key(t: torch.Tensor) -> tuple:
+    """Identity of the exact bytes a tensor views: storage, byte offset, layout, dtype."""
+    return (
+        t.device.type,
+        t.device.index,
+        t.untyped_storage().data_ptr(),
+        t.storage_offset() * t.element_size(),
+        t.nbytes,
+        t.dtype,
+        tuple(t.shape),
+        tuple(t.stride()),
+    )
+
+
+def byte_view(t: torch.Tensor) -> torch.Tensor:
+    """A flat uint8 view of a contiguous tensor's bytes (no copy)."""
+    t = t.detach()
+    if t.dim() == 0:
+        t = t.reshape(1)
+    return t.reshape(-1).view(torch.uint8)
+
+
+def host_bytes(t: torch.Tensor, pin: bool) -> tuple[torch.Tensor, bool]:
+    """The tensor's bytes on the host: a zero-copy view for CPU tensors, else an async copy.
+
+    Returns (uint8 tensor, copied). For device tensors the copy is non_blocking into pinned
+    memory when `pin`; the caller synchronises once before reading any of them.
+    """
+    src = t.detach()
+    copied = not src.is_contiguous()
+    if copied:
+        src = src.contiguous()
+    if src.device.type == "cpu":
+        return byte_view(src), copied
+    out = torch.empty(src.nbytes, dtype=torch.uint8, pin_memory=pin)
+    out.copy_(byte_view(src), non_blocking=pin)
+    return out, True
+
+
+def new_host_buffer(nbytes: int, pin: bool) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+
+
+def numpy_bytes(buf: torch.Tensor):
+    """A writable buffer-protocol view of a host uint8 tensor (for hashing and file I/O)."""
+    return buf.numpy()
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Exact byte equality of two host uint8 tensors (memcmp; NaN payloads compare as bytes)."""
+    if a.nbytes != b.nbytes:
+        return False
+    if a.nbytes == 0:
+        return True
+    return _libc.memcmp(a.data_ptr(), b.data_ptr(), a.nbytes) == 0
+
+
+def copy_bytes(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """memmove between host uint8 tensors of equal size; releases the GIL."""
+    if src.nbytes:
+        ctypes.memmove(dst.data_ptr(), src.data_ptr(), src.nbytes)
+
+
+def as_tensor(buf: torch.Tensor, dtype: str, shape) -> torch.Tensor:
+    """View host bytes as the stored dtype and shape."""
+    t = buf.view(NAME_TO_DTYPE[dtype])
+    return t.reshape(shape)
+
+
+def sync_devices(tensors) -> None:
+    """One synchronise for every CUDA device among `tensors` (after non_blocking copies)."""
+    devices = {t.device for t in tensors if t.device.type == "cuda"}
+    for d in devices:
+        torch.cuda.synchronize(d)
+
+
+_tracking = threading.local()
+
+
+@contextlib.contextmanager
+def untracked() -> Iterator[None]:
+    """Writes made inside (restores, the store's own copies) are not user modifications."""
+    depth = getattr(_tracking, "depth", 0)
+    _tracking.depth = depth + 1
+    try:
+        yield
+    finally:
+        _tracking.depth = depth
+
+
+def tracking_suspended() -> bool:
+    return getattr(_tracking, "depth", 0) > 0
