@@ -1,0 +1,181 @@
+"""`redline run --headless`: run an experiment without the console, events as JSON lines.
+
+Every engine event is printed to stdout as one JSON object per line (flushed),
+so the run can be followed live, piped into tools, or replayed later with
+`redline replay FILE.jsonl`. The process exits when the experiment ends.
+
+Exit codes:
+  0  the experiment finished, or was stopped cleanly by SIGINT/SIGTERM/SIGHUP
+     (the experiment is stopped, a final checkpoint saved, then exit)
+  1  the experiment was stopped by an automatic rollback or raised an
+     exception; the model was recovered (the alerts say what happened)
+  2  bad input: the model or the experiment file could not be used
+  3  an unrecovered CRITICAL problem: a rollback failed or the model was left unhealthy
+  4  the engine itself failed
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import TextIO
+
+from engine.commands import Shutdown
+from engine.events import EngineState
+from engine.runtime import (
+    OUTCOME_FAILED,
+    OUTCOME_FINISHED,
+    OUTCOME_LOAD_ERROR,
+    OUTCOME_MODEL_ERROR,
+    OUTCOME_ROLLED_BACK,
+    OUTCOME_STOPPED,
+    OUTCOME_UNRECOVERED,
+    Engine,
+    EngineConfig,
+)
+
+EXIT_OK = 0
+EXIT_RECOVERED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNRECOVERED = 3
+EXIT_ENGINE_FAILURE = 4
+
+_OUTCOME_EXIT = {
+    OUTCOME_FINISHED: EXIT_OK,
+    OUTCOME_STOPPED: EXIT_OK,
+    OUTCOME_ROLLED_BACK: EXIT_RECOVERED,
+    OUTCOME_FAILED: EXIT_RECOVERED,
+    OUTCOME_LOAD_ERROR: EXIT_BAD_INPUT,
+    OUTCOME_MODEL_ERROR: EXIT_BAD_INPUT,
+    OUTCOME_UNRECOVERED: EXIT_UNRECOVERED,
+}
+
+EPILOG = """exit codes:
+  0  finished, or stopped cleanly by SIGINT/SIGTERM/SIGHUP (stop, final checkpoint, exit)
+  1  stopped by an automatic rollback or an exception in the experiment; model recovered
+  2  bad input (model or experiment file unusable)
+  3  unrecovered CRITICAL (rollback failed / model left unhealthy)
+  4  engine failure
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="redline run --headless",
+        description="Run an experiment under Redline's safety engine without the console; "
+        "print every event as a JSON line on stdout.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--headless", action="store_true", help="accepted for `redline run --headless` (always headless)")
+    parser.add_argument("--experiment", default="demo", metavar="FILE|demo",
+                        help="a .py file defining run(ctx), or 'demo' (default)")
+    parser.add_argument("--model", default="demo", metavar="PATH|demo",
+                        help="a local Hugging Face directory, a hub id in the local cache, or 'demo' (default)")
+    parser.add_argument("--run-dir", default=None, metavar="DIR",
+                        help="where checkpoints, memory and the alert journal go (default: per model, in the data dir)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 ... (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop the experiment after N steps")
+    parser.add_argument("--no-forensic", action="store_true",
+                        help="do not keep the state before a rollback as a forensic checkpoint")
+    return parser
+
+
+class _Signals:
+    """SIGINT/SIGTERM/SIGHUP -> a flag the main loop acts on (install only in the main thread)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.wake = threading.Event()
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if signum is not None:
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+        self.wake.set()
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _print(events: list, out: TextIO) -> bool:
+    """Write events as JSON lines; False if stdout is gone."""
+    try:
+        for event in events:
+            out.write(event.to_json() + "\n")
+        out.flush()
+        return True
+    except (BrokenPipeError, OSError):
+        return False
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = out or sys.stdout
+    if args.max_steps is not None and args.max_steps < 1:
+        print(f"--max-steps must be at least 1, got {args.max_steps}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    options = {}
+    if args.max_steps is not None:
+        options["max_steps"] = args.max_steps
+    config = EngineConfig(
+        model=args.model,
+        experiment=None if args.experiment in ("none", "") else args.experiment,
+        run_dir=args.run_dir,
+        device=args.device,
+        dtype=args.dtype,
+        forensic_checkpoints=not args.no_forensic,
+        experiment_options=options,
+    )
+    signals = _Signals()
+    signals.install()
+    engine = Engine(config)
+    engine.start()
+    code: int | None = None
+    shutting_down = False
+    stdout_ok = True
+    try:
+        while engine.is_alive():
+            engine.wait_events(timeout=0.2)
+            if stdout_ok:
+                stdout_ok = _print(engine.drain_events(), out)
+            if shutting_down:
+                continue
+            if signals.received is not None or not stdout_ok:
+                code = EXIT_OK
+            elif engine.state == EngineState.ERROR:
+                code = EXIT_BAD_INPUT if engine.outcome == OUTCOME_MODEL_ERROR else EXIT_ENGINE_FAILURE
+            elif engine.state == EngineState.IDLE and not _restart_pending(engine):
+                if engine.outcome is not None:
+                    code = _OUTCOME_EXIT.get(engine.outcome, EXIT_OK)
+                elif config.experiment is None:
+                    code = EXIT_OK
+            if code is not None:
+                shutting_down = True
+                engine.submit(Shutdown(checkpoint=code in (EXIT_OK, EXIT_RECOVERED)))
+        if stdout_ok:
+            _print(engine.drain_events(), out)
+    finally:
+        signals.restore()
+    if code is None:  # the thread ended on its own
+        code = EXIT_ENGINE_FAILURE if engine.error and engine.outcome != OUTCOME_MODEL_ERROR else EXIT_BAD_INPUT
+    return code
+
+
+def _restart_pending(engine: Engine) -> bool:
+    core = engine.core
+    return core is not None and core.pending is not None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The Engine facade: one object a client (console, headless mode, a script) drives.
+
+`Engine(config).start()` starts a dedicated engine thread that loads the model
+and owns it, the checkpoints, the safety monitor, the inspector, the memory and
+the experiment. Clients talk to it only through commands (`submit`) and events
+(`drain_events`); `emergency_stop` bypasses the queue. Importing this module
+imports no torch: torch is imported inside the engine thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.commands import Command, EmergencyStop, Shutdown
+from engine.event_stream import EventStream
+from engine.events import CommandDone, EngineState, Event
+from engine.stop import EMERGENCY, SHUTDOWN, StopSignal
+
+# How a run of the experiment ended (Engine.outcome); headless mode maps these to exit codes.
+OUTCOME_FINISHED = "finished"  # run(ctx) returned, or max_steps reached
+OUTCOME_STOPPED = "stopped"  # stopped by the operator (emergency stop) or by shutdown; model recovered
+OUTCOME_ROLLED_BACK = "rolled_back"  # an automatic emergency procedure stopped it; model recovered
+OUTCOME_FAILED = "failed"  # run(ctx) raised; model rolled back
+OUTCOME_LOAD_ERROR = "load_error"  # the experiment file could not be used
+OUTCOME_MODEL_ERROR = "model_error"  # the model could not be loaded
+OUTCOME_UNRECOVERED = "unrecovered"  # a CRITICAL problem the engine could not repair
+
+
+@dataclass
+class EngineConfig:
+    model: str = "demo"  # "demo", a local HF directory, or a hub id already in the HF cache
+    experiment: str | None = "demo"  # "demo", a .py file defining run(ctx), or None (idle)
+    run_dir: str | Path | None = None  # None -> engine.paths.default_run_dir(model)
+    device: str | None = None  # None -> cuda if available else cpu
+    dtype: str | None = None  # None -> bf16 on CUDA, fp32 on CPU
+    readonly: bool = False  # observe only: no experiment, mutating commands refused, nothing written
+    forensic_checkpoints: bool = True  # keep the pre-rollback state as a tagged checkpoint
+    auto_checkpoint_every: int = 10  # steps between automatic checkpoints (0: never)
+    health_interval: float = 1.0  # seconds between health scans while idle/paused
+    stop_grace: float = 2.0  # seconds before an async exception is raised in a stuck experiment
+    evaluate_every: int = 5  # steps between perplexity measurements (0: never)
+    experiment_options: dict[str, Any] = field(default_factory=dict)  # ctx.options (max_steps, batch_size, auto_restart...)
+
+
+class Engine:
+    """Owns the engine thread; see the module docstring. Thread-safe."""
+
+    def __init__(self, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self._events = EventStream()
+        self._commands: queue.Queue = queue.Queue()
+        self._stop = StopSignal()
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._state = EngineState.STARTING
+        self._shutdown_requested = False
+        self._lock = threading.Lock()
+        self.started_at = 0.0
+        self.outcome: str | None = None  # how the last experiment run ended (OUTCOME_*); None while one runs
+        self.error: str | None = None  # the engine's own failure or the model load error, if any
+        self.error_experiment: str | None = None  # why the last experiment file could not be used
+        self.core: Any = None  # the engine thread's internals, for tests and diagnostics; never touch from a client
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the engine thread (it loads the model). Starting twice is an error."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("this Engine was already started; create a new Engine to start again")
+            self.started_at = time.time()
+            self._thread = threading.Thread(target=self._thread_main, name="redline-engine", daemon=True)
+            self._thread.start()
+
+    def _thread_main(self) -> None:
+        from engine.engine_thread import EngineCore
+
+        EngineCore(self).run()
+
+    def submit(self, command: Command) -> int:
+        """Queue a command; returns its id, answered later by CommandDone(command_id=id)."""
+        if not isinstance(command, Command):
+            raise TypeError(f"submit() takes an engine.commands.Command, got {type(command).__name__}")
+        command_id = next(self._ids)
+        if self.config.readonly and command.mutates:
+            self._refuse(command_id, command, "refused: the engine is read-only (started with --readonly)")
+            return command_id
+        if isinstance(command, EmergencyStop):
+            self.emergency_stop(command.reason)
+        if isinstance(command, Shutdown):
+            self._shutdown_requested = True
+            self._stop.request("shutdown", SHUTDOWN)
+        if not self.is_alive():
+            self._refuse(command_id, command, "refused: the engine is not running")
+            return command_id
+        self._commands.put((command_id, command))
+        return command_id
+
+    def _refuse(self, command_id: int, command: Command, message: str) -> None:
+        self._events.publish(CommandDone(command_id=command_id, command=command.kind, ok=False, message=message))
+
+    def emergency_stop(self, reason: str = "operator") -> None:
+        """Stop the running experiment now (flag, hooks, async exception), then roll back."""
+        self._stop.request(reason or "operator", EMERGENCY)
+        self._commands.put(None)  # wake an idle engine thread
+
+    def drain_events(self, max_events: int | None = None) -> list[Event]:
+        """Events published since the last drain, oldest first. Never blocks."""
+        return self._events.drain(max_events)
+
+    def wait_events(self, timeout: float | None = None) -> bool:
+        """Block until an event is waiting (or `timeout`); True if one is."""
+        return self._events.wait(timeout)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop any experiment, checkpoint, end the thread and join it. Idempotent."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        if not self._shutdown_requested:
+            self.submit(Shutdown())
+        thread.join(timeout)
+
+    # -- used by the engine thread -------------------------------------------------
+    def _set_state(self, state: EngineState) -> None:
+        self._state = state
