@@ -1,0 +1,404 @@
+"""RedlineApp: the operator console on an event source (the live engine or a replay).
+
+Events are pulled on an interval and applied in one batch update; the UI
+never waits on the engine. Commands go out through `source.submit`, and the
+engine's CommandDone answers come back as `EngineAnswered` messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable, Iterable
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import BindingsMap
+from textual.events import Key
+from textual.message import Message
+from textual.screen import Screen
+
+from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
+from console.console_state import Batch, ConsoleState
+from console.event_source import EventSource, describe, is_readonly
+from console.screens.confirm_quit import ConfirmQuit
+from console.screens.compare_view import CompareView
+from console.screens.help_screen import HelpScreen
+from console.screens.main_screen import MainScreen
+from console.screens.restore_confirm import RestoreConfirm
+from console.screens.save_dialog import SaveDialog
+from console.terminal_watch import EXIT_TERMINAL_LOST, TerminalWatch, terminal_fds
+from console.text import visible
+from console.themes import SEVERITY_VARIABLES, default_theme_name, load_themes
+from engine import commands as cmd
+from engine.events import SEVERITIES, CommandDone, ComparisonReady, EngineState
+
+PUMP_INTERVAL = 0.1  # seconds between event drains (10 Hz)
+MAX_EVENTS_PER_PUMP = 5000
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class EngineAnswered(Message):
+    """The engine answered a command this console sent."""
+
+    def __init__(self, done: CommandDone, sent_at: float | None) -> None:
+        super().__init__()
+        self.done = done
+        self.sent_at = sent_at  # time.perf_counter() when the command was submitted
+
+
+class RedlineApp(App[int], inherit_bindings=False):
+    TITLE = "Redline"
+    CSS_PATH = "redline.tcss"
+    BINDINGS = BINDINGS
+    ENABLE_COMMAND_PALETTE = True
+
+    def __init__(
+        self,
+        source: EventSource,
+        *,
+        theme: str | None = None,
+        keymap: dict[str, str] | None = None,
+        notes: Iterable[str] = (),
+        clock: Callable[[], float] | None = None,
+        watch_terminal: bool = True,
+    ) -> None:
+        """`notes`: problems found before start (e.g. in the keymap file), shown as notifications.
+        `clock`: wall time for the uptime; a replay's own clock when it has one (frozen in tests)."""
+        super().__init__()
+        self.source = source
+        self.readonly = is_readonly(source)
+        self.state = ConsoleState()
+        self.main = MainScreen(self.state)
+        self.keymap = dict(keymap or {})
+        self.notes = list(notes)
+        self.clock = clock or getattr(source, "now", None) or time.time
+        self.requested_theme = theme
+        self.watch_terminal = watch_terminal
+        self.exit_reason = ""
+        self._pending: dict[int, tuple[float, Callable[[CommandDone], None] | None]] = {}
+        self._comparison_targets: dict[int, Screen] = {}
+        self._shutting_down = False
+        self.terminal_watch: TerminalWatch | None = None  # stopped by whoever ran the app, after run()
+
+    # --- start-up -------------------------------------------------------
+
+    def get_default_screen(self) -> Screen:
+        return self.main
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        return dict(SEVERITY_VARIABLES)
+
+    def on_mount(self) -> None:
+        for theme in load_themes():
+            self.register_theme(theme)
+        self.theme = self.requested_theme or default_theme_name()
+        if self.keymap:
+            self.set_keymap(self.keymap)
+        self.source.start()
+        for note in self.notes:
+            self.notify(visible(note), title="Keymap", severity="error", timeout=15, markup=False)
+        if not self.is_headless and self.watch_terminal:
+            self._watch_terminal()
+
+    def on_ready(self) -> None:
+        """The first frame is up: start pulling events."""
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+        self.set_interval(PUMP_INTERVAL, self.pump)
+        self.set_interval(1.0, self._tick)
+        self._show_header()
+        self.pump()
+
+    def _watch_terminal(self) -> None:
+        """Stop safely when the terminal goes away: SIGHUP, SIGTERM, or a hung-up tty."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.terminal_lost, "SIGHUP")
+        loop.add_signal_handler(signal.SIGTERM, self.stop_and_exit, EXIT_TERMINATED, "SIGTERM")
+        self.terminal_watch = TerminalWatch(
+            terminal_fds(),
+            on_lost=lambda: loop.call_soon_threadsafe(self.terminal_lost, "hang-up"),
+            last_resort=lambda: self.source.shutdown(timeout=600),
+        )
+        self.terminal_watch.start()
+
+    def on_unmount(self) -> None:
+        if not self.is_headless and self.watch_terminal:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGHUP, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        if not self._shutting_down and self.source.is_alive():
+            self.source.shutdown()  # the app ended another way (an error): never leave the engine running
+
+    # --- events in -------------------------------------------------------
+
+    def pump(self) -> None:
+        """Drain what the engine has published and show it, in one batch update."""
+        if not self.main.is_attached:  # the app is closing; its widgets are going away
+            return
+        events = self.source.drain_events(max_events=MAX_EVENTS_PER_PUMP)
+        if not events:
+            return
+        batch = self.state.apply_all(events)
+        with self.batch_update():
+            self._show(batch)
+
+    def _show(self, batch: Batch) -> None:
+        main = self.main
+        changed = batch.changed
+        if changed & {"header", "health"}:
+            self._show_header()
+        if "health" in changed:
+            main.gauges.show(self.state)
+        if "stream" in changed:
+            main.alerts.add(batch.stream)
+            self._toast_critical(batch)
+        if "checkpoints" in changed:
+            main.checkpoints.show(self.state.checkpoints)
+        if "coupling" in changed:
+            main.coupling.show(self.state.coupling)
+        if "progress" in changed:
+            main.progress.show(self.state.progress)
+        for comparison in batch.comparisons:
+            self._route_comparison(comparison)
+        for done in batch.done:
+            self._answered(done)
+
+    def _show_header(self) -> None:
+        self.main.header.show(
+            self.state, self.clock(), source_label=describe(self.source), readonly=self.readonly
+        )
+
+    def _tick(self) -> None:
+        """Once a second: the uptime clock."""
+        if self.state.engine is not None and self.main.is_attached:
+            self._show_header()
+
+    def _toast_critical(self, batch: Batch) -> None:
+        critical = [e for e in batch.stream if e.severity == "CRITICAL"]
+        if critical:
+            more = f" (+{len(critical) - 1} more)" if len(critical) > 1 else ""
+            self.notify(visible(critical[-1].text) + more, title="CRITICAL", severity="error", timeout=8, markup=False)
+
+    def _route_comparison(self, comparison: ComparisonReady) -> None:
+        for screen in self.screen_stack:
+            if hasattr(screen, "show_comparison"):
+                screen.show_comparison(comparison)
+
+    def _answered(self, done: CommandDone) -> None:
+        sent_at, on_done = self._pending.pop(done.command_id, (None, None))
+        target = self._comparison_targets.pop(done.command_id, None)
+        if target is not None:
+            if not done.ok:
+                target.comparison_refused(done.message or "refused")
+        elif on_done is not None:
+            on_done(done)
+        elif sent_at is not None and not done.ok:
+            self.notify(visible(f"{done.command} refused: {done.message}"), severity="error", markup=False)
+        self.post_message(EngineAnswered(done, sent_at))
+
+    # --- commands out ----------------------------------------------------
+
+    def send(self, command: cmd.Command, on_done: Callable[[CommandDone], None] | None = None) -> int | None:
+        """Submit a command; refused here (with a notification) when read-only and it mutates."""
+        if self.readonly and command.mutates:
+            self._refuse(command.kind)
+            return None
+        try:
+            command_id = self.source.submit(command)
+        except Exception as exc:  # the engine is gone or refuses at once
+            self.notify(visible(f"{command.kind} failed: {exc}"), severity="error", markup=False)
+            return None
+        self._pending[command_id] = (time.perf_counter(), on_done)
+        return command_id
+
+    def request_comparison(self, checkpoint_a: str, checkpoint_b: str, target: Screen) -> None:
+        """Ask the engine to compare; the answer reaches `target`. A known answer is shown at once."""
+        known = self.state.comparisons.get((checkpoint_a, checkpoint_b))
+        if known is not None:
+            target.show_comparison(known)
+            if checkpoint_b != "current":
+                return  # two saved checkpoints never change: the known answer stands
+        command_id = self.send(cmd.Compare(checkpoint_a=checkpoint_a, checkpoint_b=checkpoint_b))
+        if command_id is not None:
+            self._comparison_targets[command_id] = target
+
+    def _refuse(self, action: str) -> None:
+        self.notify(
+            f"{action.replace('_', ' ')} refused: this console is read-only ({describe(self.source)}).",
+            title="Read-only",
+            severity="warning",
+            markup=False,
+        )
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in MUTATING_ACTIONS and self.readonly:
+            return False
+        if action == "panel":
+            return self.main.compact
+        return True
+
+    def on_key(self, event: Key) -> None:
+        """Read-only: a hidden mutating key still gets an answer instead of silence."""
+        if not self.readonly:
+            return
+        bindings = BindingsMap(BINDINGS)
+        bindings.apply_keymap(self._keymap)  # Textual's normalised copy of self.keymap
+        for binding in bindings.key_to_bindings.get(event.key, ()):
+            if binding.action in MUTATING_ACTIONS:
+                event.stop()
+                self._refuse(binding.action)
+                return
+
+    # --- actions ---------------------------------------------------------
+
+    def action_emergency_stop(self) -> None:
+        self.source.emergency_stop("operator (ctrl+x)")
+        self.notify("EMERGENCY STOP: halting the experiment and rolling back.", severity="error", timeout=6)
+
+    def action_save(self) -> None:
+        def chosen(purpose: str | None) -> None:
+            if purpose is not None:
+                self.send(cmd.Save(purpose=purpose), self._saved)
+
+        self.push_screen(SaveDialog(), chosen)
+
+    def _saved(self, done: CommandDone) -> None:
+        if done.ok:
+            self.notify(visible(f"saved {done.result or 'checkpoint'}"), title="Checkpoint", markup=False)
+        else:
+            self.notify(visible(f"save failed: {done.message}"), title="Checkpoint", severity="error", markup=False)
+
+    def _selected(self) -> str | None:
+        selected = self.main.checkpoints.selected_id
+        if selected is None:
+            self.notify("No checkpoint selected: pick one in the Checkpoints panel.", severity="warning")
+        return selected
+
+    def action_restore(self) -> None:
+        selected = self._selected()
+        info = self.state.checkpoint(selected) if selected else None
+        if info is None:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.send(cmd.Restore(checkpoint_id=info.id), self._restored)
+
+        self.push_screen(RestoreConfirm(info), answered)
+
+    def _restored(self, done: CommandDone) -> None:
+        if done.ok:
+            self.notify(visible(f"restored {done.result or done.message}"), title="Restore", markup=False)
+        else:
+            self.notify(visible(f"restore failed: {done.message}"), title="Restore", severity="error", markup=False)
+
+    def action_pause(self) -> None:
+        if self.state.engine_state is EngineState.PAUSED:
+            self.send(cmd.Resume())
+        elif self.state.engine_state is EngineState.RUNNING:
+            self.send(cmd.Pause())
+        else:
+            self.notify("No experiment is running.", severity="warning")
+
+    def action_compare(self) -> None:
+        baseline = self.state.baseline()
+        if baseline is None:
+            self.notify("No baseline checkpoint yet.", severity="warning")
+            return
+        selected = self._selected()
+        if selected is not None:
+            self.push_screen(CompareView(baseline.id, selected))
+
+    def action_filter(self) -> None:
+        if self.main.compact:
+            self.main.show_panel("alerts")
+        self.main.alerts.open_filter()
+
+    def action_clear_filters(self) -> None:
+        stream = self.main.alerts
+        stream.levels = set(SEVERITIES)
+        stream.text_filter = ""
+        stream.show_all()
+
+    def action_toggle_severity(self, severity: str) -> None:
+        stream = self.main.alerts
+        shown = stream.toggle_level(severity)
+        stream.show_all()
+        self.notify(f"{severity} entries {'shown' if shown else 'hidden'}", timeout=2)
+
+    def action_panel(self, step: int) -> None:
+        self.main.cycle_panel(step)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.keymap))
+
+    async def action_quit(self) -> None:
+        if self._shutting_down:
+            self.notify("Already stopping the engine safely…")
+            return
+        if self.state.experiment_active and not self.readonly:
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.stop_and_exit(EXIT_OK, "operator quit")
+
+            self.push_screen(ConfirmQuit(), answered)
+        else:
+            self.stop_and_exit(EXIT_OK, "operator quit")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        for action, title, help_text in PALETTE_ACTIONS:
+            if self.check_action(action, ()) is False:
+                continue
+            yield SystemCommand(title, help_text, lambda a=action: self.run_action(a))
+        for name in sorted(self.available_themes):
+            if name.startswith("redline-"):
+                yield SystemCommand(f"Theme: {name}", f"Switch to the {name} theme", lambda n=name: setattr(self, "theme", n))
+        yield SystemCommand("Theme…", "Pick any theme, Textual's included", self.action_change_theme)
+        yield SystemCommand("Keys panel", "Show the keys of the focused panel", self.action_show_help_panel)
+
+    def _theme_changed(self, _theme) -> None:
+        """Colours written into the stream and table are re-drawn under the new theme."""
+        self.main.alerts.show_all()
+        self.main.checkpoints.redraw()
+        if self.state.health is not None:
+            self.main.gauges.show(self.state)
+            self._show_header()
+
+    # --- leaving ---------------------------------------------------------
+
+    def terminal_lost(self, why: str = "terminal gone") -> None:
+        self.stop_and_exit(EXIT_TERMINAL_LOST, f"terminal lost ({why})")
+
+    def stop_and_exit(self, return_code: int = EXIT_OK, reason: str = "") -> None:
+        """Shut the engine down safely off the UI thread, keep showing its events, then exit."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self.exit_reason = reason
+        self.notify("Stopping the engine safely…", timeout=60)
+        self._shutdown_engine(return_code)
+
+    @work(thread=True, exclusive=True, group="shutdown", exit_on_error=False)
+    def _shutdown_engine(self, return_code: int) -> None:
+        error: BaseException | None = None
+        try:
+            self.source.shutdown()
+        except Exception as exc:
+            error = exc
+        try:
+            self.call_from_thread(self._finish, return_code, error)
+        except RuntimeError:  # the app is already gone
+            pass
+
+    def _finish(self, return_code: int, error: BaseException | None) -> None:
+        self.pump()
+        if error is not None:
+            self.exit_reason += f"; engine shutdown failed: {error}"
+            return_code = return_code or EXIT_ERROR
+        self.exit(return_code, return_code=return_code)

@@ -1,0 +1,187 @@
+"""`redline`: the console's command line (also `redline run --headless` and `redline replay`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+EXIT_CODES = """\
+exit codes (console and replay):
+  0    quit by the operator; the engine was stopped safely
+  1    the console or the engine failed (the message says why)
+  2    bad command line (unknown option, missing file, unknown theme)
+  129  the terminal went away (SSH drop, SIGHUP); the engine was stopped safely first
+  143  terminated (SIGTERM); the engine was stopped safely first
+
+exit codes (run --headless; details in `redline run --headless --help`):
+  0 finished or stopped cleanly · 1 rolled back or the experiment raised; model recovered ·
+  2 model or experiment unusable · 3 unrecovered CRITICAL · 4 engine failure
+"""
+
+KEYS = """\
+keys: s save · R restore selected · ctrl+x EMERGENCY STOP · p pause/resume ·
+  d compare with baseline · / filter alerts · 1-5 severity toggles · [ ] panels (small
+  terminals) · ? or F1 help · ctrl+p command palette · q or ctrl+q quit
+keymap: a TOML file of binding id = "key" (ids listed in the help screen), e.g.
+  [keymap]
+  save = "f2"
+  default location: {keymap}
+environment: NO_COLOR selects the monochrome theme; TEXTUAL_COLOR_SYSTEM overrides colour depth.
+"""
+
+
+def _version() -> str:
+    try:
+        return version("redline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _theme_names() -> list[str]:
+    from console.themes import load_themes
+
+    return [t.name for t in load_themes()]
+
+
+def _add_display_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--theme", metavar="NAME", help=f"colour theme: {', '.join(_theme_names())} "
+                        "(default redline-dark; redline-mono when NO_COLOR is set)")
+    parser.add_argument("--keymap", metavar="FILE", type=Path,
+                        help="TOML keymap overriding keys by binding id (default: the user config keymap.toml)")
+
+
+def console_parser() -> argparse.ArgumentParser:
+    from console.keymap import default_keymap_path
+
+    parser = argparse.ArgumentParser(
+        prog="redline",
+        description="Redline: a safety console for changing a language model's weights while it runs. "
+        "Starts the engine (which loads the model in its own thread) and the full-screen console. "
+        "Other forms: `redline run --headless [...]` runs an experiment without the console, printing "
+        "events as JSON lines; `redline replay FILE.jsonl` opens the console read-only on such a log.",
+        epilog=KEYS.format(keymap=default_keymap_path()) + "\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", default="demo", metavar="PATH|demo",
+                        help="a local Hugging Face model directory, a hub id already in the local HF cache, "
+                        "or 'demo' (the built-in small model; default)")
+    parser.add_argument("--experiment", default="demo", metavar="FILE|demo|none",
+                        help="a .py file defining run(ctx), 'demo' (the built-in experiment; default), "
+                        "or 'none' (idle: watch, save, restore)")
+    parser.add_argument("--run-dir", metavar="DIR", type=Path,
+                        help="where checkpoints, the alert journal and memory go "
+                        "(default: a per-model directory under the user data directory)")
+    parser.add_argument("--readonly", action="store_true",
+                        help="observe only: no experiment runs, save/restore/stop/pause are hidden and refused, "
+                        "nothing is written to the run directory")
+    parser.add_argument("--device", metavar="DEV", help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    parser.add_argument("--dtype", metavar="DTYPE", help="model dtype: bfloat16, float16, float32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--no-forensic", action="store_true",
+                        help="on emergency stop, do not keep the rolled-back-from state as a forensic checkpoint")
+    _add_display_options(parser)
+    parser.add_argument("--version", action="version", version=f"redline {_version()}")
+    return parser
+
+
+def replay_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="redline replay",
+        description="Open the console, read-only, on an event log written by `redline run --headless`.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("log", type=Path, metavar="FILE.jsonl", help="the JSON-lines event log")
+    parser.add_argument("--speed", type=float, metavar="X",
+                        help="play back at X times the recorded pace (default: show everything at once)")
+    _add_display_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        from engine.headless import main as headless_main
+
+        return headless_main(argv[1:])
+    if argv[:1] == ["replay"]:
+        return _replay(replay_parser().parse_args(argv[1:]))
+    return _console(console_parser().parse_args(argv))
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"redline: {message}", file=sys.stderr)
+    return code
+
+
+def _check_display_options(args: argparse.Namespace) -> str | None:
+    if args.theme is not None and args.theme not in _theme_names():
+        return f"unknown theme {args.theme!r}; available: {', '.join(_theme_names())}"
+    return None
+
+
+def _console(args: argparse.Namespace) -> int:
+    if problem := _check_display_options(args):
+        return _fail(problem)
+    experiment = args.experiment
+    if experiment not in ("demo", "none") and not Path(experiment).is_file():
+        return _fail(f"experiment file {experiment!r} not found; give a .py file defining run(ctx), 'demo' or 'none'")
+    if (os.sep in args.model or args.model.startswith(".")) and not Path(args.model).exists():
+        return _fail(f"model directory {args.model!r} not found; give a local Hugging Face model directory, "
+                     "a hub id already in the local HF cache, or 'demo'")
+    from engine.runtime import Engine, EngineConfig
+
+    config = EngineConfig(
+        model=args.model,
+        experiment=None if experiment == "none" else experiment,
+        run_dir=args.run_dir,
+        device=args.device,
+        dtype=args.dtype,
+        readonly=args.readonly,
+        forensic_checkpoints=not args.no_forensic,
+    )
+    return run_console(Engine(config), args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if problem := _check_display_options(args):
+        return _fail(problem)
+    from console.replay import ReplayError, ReplaySource
+
+    try:
+        source = ReplaySource(args.log, speed=args.speed)
+    except (ReplayError, ValueError) as exc:
+        return _fail(str(exc))
+    return run_console(source, args)
+
+
+def run_console(source, args: argparse.Namespace) -> int:
+    """Run the app on `source`; whatever happens, the engine is stopped before returning."""
+    from console.app import EXIT_ERROR, RedlineApp
+    from console.bindings import BINDINGS
+    from console.keymap import default_keymap_path, load_keymap
+
+    keymap_path = args.keymap or default_keymap_path()
+    keymap, notes = load_keymap(keymap_path, BINDINGS, required=args.keymap is not None)
+    app = RedlineApp(source, theme=args.theme, keymap=keymap, notes=notes)
+    code = EXIT_ERROR
+    try:
+        app.run()
+        code = app.return_code if app.return_code is not None else EXIT_ERROR
+    finally:
+        if source.is_alive():
+            source.shutdown()
+        if app.terminal_watch is not None:
+            app.terminal_watch.stop()
+    if app.exit_reason and code:
+        try:
+            print(f"redline: {app.exit_reason}", file=sys.stderr)
+        except OSError:
+            pass
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The alert stream: alerts, experiment log lines and checkpoint events, newest last.
+
+Coloured by severity from the theme; levels toggled with 1–5; a text filter
+(/). It follows new entries unless the operator has scrolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.events import Resize
+from textual.containers import Vertical
+from textual.widgets import Input, RichLog, Static
+
+from console.console_state import StreamEntry
+from console.formatting import clock_time
+from console.severity import severity_style
+from console.text import visible
+from engine.events import SEVERITIES
+
+SHORT = {"CRITICAL": "CRIT", "HIGH": "HIGH", "MEDIUM": "MED", "LOW": "LOW", "INFO": "INFO"}
+MAX_LINES = 1000
+
+
+class FilterInput(Input):
+    BINDINGS = [Binding("escape", "clear_filter", "Clear filter", tooltip="Clear the text filter and close it")]
+
+    def action_clear_filter(self) -> None:
+        self.value = ""
+        self.post_message(self.Submitted(self, ""))
+
+
+class AlertStream(Vertical):
+    DEFAULT_CSS = """
+    AlertStream { height: 1fr; }
+    AlertStream > #stream-status { height: 1; color: $text-muted; }
+    AlertStream > FilterInput { display: none; height: 3; }
+    AlertStream.-filtering > FilterInput { display: block; }
+    AlertStream > RichLog { height: 1fr; background: $surface; }
+    """
+
+    def __init__(self, entries: Iterable[StreamEntry], *, id: str | None = None) -> None:
+        """`entries`: the live collection of all entries (the console state's), for redraws."""
+        super().__init__(id=id)
+        self.levels: set[str] = set(SEVERITIES)
+        self.text_filter = ""
+        self._entries = entries
+        self._shown = 0
+        self._width = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="stream-status")
+        yield FilterInput(placeholder="filter alerts (Enter keeps, Esc clears)", id="stream-filter")
+        yield RichLog(max_lines=MAX_LINES, wrap=True, min_width=20, id="stream-log")
+
+    def on_mount(self) -> None:
+        self._show_status()
+
+    def on_resize(self, event: Resize) -> None:
+        """Lines are wrapped when written: wrap them again for the new width (or once first shown)."""
+        if event.size.width != self._width:
+            self._width = event.size.width
+            self.show_all()
+
+    @property
+    def log_view(self) -> RichLog:
+        return self.query_one(RichLog)
+
+    def matches(self, entry: StreamEntry) -> bool:
+        level = entry.severity if entry.severity in SEVERITIES else "INFO"
+        if level not in self.levels:
+            return False
+        if self.text_filter:
+            needle = self.text_filter.casefold()
+            return needle in entry.text.casefold() or needle in entry.source.casefold()
+        return True
+
+    def add(self, entries: Iterable[StreamEntry]) -> None:
+        """Append new entries; scroll with them only if the view was already at the end."""
+        log = self.log_view
+        follow = log.is_vertical_scroll_end or log.max_scroll_y == 0
+        for entry in entries:
+            if self.matches(entry):
+                log.write(self._line(entry), scroll_end=follow)
+                self._shown = min(self._shown + 1, MAX_LINES)
+        self._show_status()
+
+    def show_all(self) -> None:
+        """Redraw from scratch (after a filter or theme change)."""
+        log = self.log_view
+        log.clear()
+        self._shown = 0
+        matching = [e for e in self._entries if self.matches(e)][-MAX_LINES:]
+        for entry in matching:
+            log.write(self._line(entry), scroll_end=True)
+        self._shown = len(matching)
+        self._show_status()
+
+    def toggle_level(self, severity: str) -> bool:
+        """Show or hide one level; returns whether it is now shown."""
+        self.levels ^= {severity}
+        return severity in self.levels
+
+    def open_filter(self) -> None:
+        self.add_class("-filtering")
+        self.query_one(FilterInput).focus()
+
+    @on(Input.Changed, "#stream-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.text_filter = event.value
+        self.show_all()
+
+    @on(Input.Submitted, "#stream-filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.text_filter = event.value
+        self.remove_class("-filtering")
+        self.log_view.focus()
+        self.show_all()
+
+    def _line(self, entry: StreamEntry) -> Text:
+        style = severity_style(self.app, entry.severity)
+        line = Text(no_wrap=False)
+        line.append(clock_time(entry.time) + " ", "dim")
+        line.append(f"{SHORT.get(entry.severity, entry.severity[:4]):<4} ", style)
+        line.append(f"{visible(entry.source)}: ", "dim")
+        line.append(visible(entry.text), style if entry.severity in ("CRITICAL", "HIGH") else "")
+        return line
+
+    def _show_status(self) -> None:
+        levels = " ".join(
+            f"{i}:{SHORT[s]}" if s in self.levels else f"{i}:----" for i, s in enumerate(SEVERITIES, 1)
+        )
+        status = Text(f" {levels}", no_wrap=True, overflow="ellipsis")
+        if self.text_filter:
+            status.append("  filter: ")
+            status.append(visible(self.text_filter), "bold")
+        status.append(f"  ({self._shown} shown)")
+        self.query_one("#stream-status", Static).update(status)

@@ -1,0 +1,197 @@
+"""The console driven with Pilot on a fixed recording (read-only, deterministic)."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+from textual.widgets import RichLog, Tabs
+
+from console.app import RedlineApp
+from console.replay import ReplaySource
+from console.screens.compare_view import CompareView
+from console.screens.help_screen import HelpScreen, key_table
+from console.screens.save_dialog import SaveDialog
+from console.widgets.alert_stream import AlertStream
+from console.widgets.change_bars import ChangeBars
+from console.widgets.checkpoint_table import CheckpointTable
+from console.widgets.engine_header import EngineHeader
+from tests.console.conftest import notices, screen_text
+
+WIDE = (160, 48)
+
+
+def stream_text(app: RedlineApp) -> str:
+    log = app.main.query_one("#stream-log", RichLog)
+    return "\n".join(strip.text for strip in log.lines)
+
+
+def make_app(recording, **kwargs) -> RedlineApp:
+    return RedlineApp(ReplaySource(recording), **kwargs)
+
+
+async def test_a_recording_fills_every_panel(recording):
+    app = make_app(recording)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        header = str(app.main.query_one(EngineHeader).render())
+        assert "RUNNING" in header and "step 42" in header and "up 42s" in header and "READ-ONLY" in header
+        table = app.main.query_one(CheckpointTable)
+        assert table.row_count == 4
+        assert table.selected_id.endswith("04ab04cd")  # newest first
+        assert "lm_head.weight" in str(app.main.query_one("#coupling-text").render())
+        assert "perplexity on held-out text" in str(app.main.query_one("#progress").render())
+        assert not app.main.has_class("-compact")
+
+
+async def test_text_from_data_is_shown_literally(recording):
+    app = make_app(recording)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        text = stream_text(app)
+        assert "[red]not red[/red] and ␛[31mnot an escape␛[0m" in text
+        table = app.main.query_one(CheckpointTable)
+        purposes = [str(table.get_row_at(i)[-1]) for i in range(table.row_count)]
+        assert "[bold red]fake markup[/] and ␛[2J escape" in purposes
+
+
+async def test_severity_toggles_and_text_filter(recording):
+    app = make_app(recording)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert "INFO log:experiment: step 10" in stream_text(app)
+        await pilot.press("5")  # hide INFO
+        text = stream_text(app)
+        assert "step 10" not in text and "CRIT" in text and "HIGH" in text
+        await pilot.press("1")  # hide CRITICAL too
+        assert "CRIT" not in stream_text(app)
+        await pilot.press("1", "5", "slash", *"nan", "enter")
+        lines = [line for line in stream_text(app).splitlines() if line.strip()]
+        assert lines and all("nan" in line.lower() or not line.startswith("0") for line in lines)
+        assert "NaN values in" in stream_text(app) and "rolled back" not in stream_text(app)
+        stream = app.main.query_one(AlertStream)
+        assert stream.text_filter == "nan"
+        await pilot.press("slash", "escape")  # Esc clears the filter
+        assert stream.text_filter == "" and "rolled back" in stream_text(app)
+
+
+async def test_read_only_hides_and_refuses_mutating_keys(recording):
+    app = make_app(recording)
+    async with app.run_test(size=WIDE, notifications=True) as pilot:
+        await pilot.pause()
+        shown = {b.binding.action for b in app.screen.active_bindings.values()}
+        assert {"save", "restore", "emergency_stop", "pause"}.isdisjoint(shown)
+        assert {"compare", "help", "quit"} <= shown
+        await pilot.press("s", "ctrl+x", "p", "R")
+        await pilot.pause()
+        assert not isinstance(app.screen, SaveDialog)
+        refused = [n for n in notices(app) if "refused" in n]
+        assert len(refused) == 4 and all("read-only" in n for n in refused)
+        assert "emergency stop ignored" not in stream_text(app)  # never reached the source
+
+
+@pytest.mark.slow
+async def test_help_opens_with_question_mark_and_f1(recording):
+    app = make_app(recording)
+    async with app.run_test(size=WIDE) as pilot:
+        for key in ("question_mark", "f1"):
+            await pilot.press(key)
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
+            text = screen_text(app)
+            assert "emergency_stop" in text and "EMERGENCY STOP" in text
+            await pilot.press("escape")
+            assert not isinstance(app.screen, HelpScreen)
+
+
+@pytest.mark.slow
+async def test_palette_lists_actions_and_switches_theme(recording):
+    app = make_app(recording)
+    async with app.run_test(size=WIDE) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"Compare with baseline", "Filter alerts", "Help", "Quit", "Theme: redline-light"} <= set(titles)
+        assert "Save checkpoint" not in titles  # read-only
+        assert app.theme == "redline-dark"
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"redline-light")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.theme == "redline-light"
+
+
+async def test_keymap_overrides_a_key(recording):
+    app = make_app(recording, keymap={"help": "h"}, notes=["keymap k.toml: unknown binding id 'sav'"])
+    async with app.run_test(size=WIDE, notifications=True) as pilot:
+        assert any("unknown binding id 'sav'" in n for n in notices(app))  # a bad entry is reported, not fatal
+        await pilot.press("question_mark")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("h")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        assert "h Help" in screen_text(app).splitlines()[-1]  # the footer shows the new key
+        console = Console(width=140, record=True)
+        console.print(key_table(app, app.keymap))
+        help_row = next(line for line in console.export_text().splitlines() if " help " in line)
+        assert help_row.split()[0] == "h"
+
+
+async def test_compare_view_draws_the_recorded_comparison(recording):
+    app = make_app(recording)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        table = app.main.query_one(CheckpointTable)
+        table.focus()
+        await pilot.press("down", "down")
+        assert table.selected_id.endswith("02ab02cd")
+        await pilot.press("d")
+        await pilot.pause()
+        assert isinstance(app.screen, CompareView)
+        bars = str(app.screen.query_one(ChangeBars).render())
+        assert "5 tensor(s) differ" in bars and "o_proj" in bars and "█" in bars
+
+
+async def test_compact_layout_switches_panels(recording):
+    app = make_app(recording)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.main.has_class("-compact")
+        assert app.main.query_one("#panel-health").display and not app.main.query_one("#panel-alerts").display
+        await pilot.press("right_square_bracket")
+        await pilot.pause()
+        assert app.main.query_one(Tabs).active == "tab-alerts"
+        assert app.main.query_one("#panel-alerts").display and not app.main.query_one("#panel-health").display
+        await pilot.press("slash")  # the filter brings the alert stream forward
+        assert app.main.query_one(Tabs).active == "tab-alerts"
+
+
+async def test_quit_ends_a_replay_with_code_zero(recording):
+    app = make_app(recording)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("q")
+        await pilot.pause(0.2)
+    assert app.return_code == 0
+
+
+async def test_stream_follows_new_entries_unless_scrolled_back(recording):
+    from console.console_state import StreamEntry
+
+    app = make_app(recording)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        stream = app.main.query_one(AlertStream)
+        log = stream.log_view
+        more = [StreamEntry(2e9 + i, "LOW", "test", f"entry {i}") for i in range(40)]
+        stream.add(more[:20])
+        await pilot.pause()
+        assert log.max_scroll_y > 0 and log.is_vertical_scroll_end  # followed
+        log.scroll_home(animate=False)
+        await pilot.pause()
+        stream.add(more[20:])
+        await pilot.pause()
+        assert log.scroll_y == 0  # the operator's place is kept
+        log.scroll_end(animate=False)
+        await pilot.pause()
+        stream.add([StreamEntry(3e9, "LOW", "test", "newest")])
+        await pilot.pause()
+        assert log.is_vertical_scroll_end
