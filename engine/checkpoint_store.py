@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
+import math
 import os
 import re
 import secrets
@@ -38,7 +40,12 @@ MAX_METADATA_BYTES = 1 << 20
 ID_RE = re.compile(r"checkpoint_[0-9]{8}_[0-9]{6}_[0-9a-f]{8}", re.ASCII)
 HASH_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 BLOB_KEY = "tensor"
+ITEMSIZE = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8,
+}  # fmt: skip  (bytes per element of each safetensors dtype name)
 _BIG_TENSOR = 8 << 20  # hash tensors at least this large with several threads
+_READ_CHUNK = 1 << 20
 
 
 class CheckpointError(Exception):
@@ -142,6 +149,13 @@ def tensor_hash(dtype: str, shape: tuple[int, ...], data) -> str:
     return h.hexdigest()
 
 
+def tensor_hasher(dtype: str, shape: tuple[int, ...]):
+    """An incremental tensor_hash: update() it with the raw bytes in order, then hexdigest()."""
+    h = blake3.blake3()
+    h.update(_hash_prefix(dtype, shape))
+    return h
+
+
 def _hash_prefix(dtype: str, shape) -> bytes:
     return f"redline-tensor-v1|{dtype}|{','.join(map(str, shape))}|".encode("ascii")
 
@@ -215,20 +229,37 @@ class CheckpointStore:
 
     def __init__(self, root: str | os.PathLike, durable: bool = True):
         self.durable = durable  # fsync files and directories (survive power loss, not just crashes)
-        self.root = secure_mkdir(Path(root).expanduser().absolute())
-        self.blob_dir = secure_mkdir(self.root / "blobs")
-        self.manifest_dir = secure_mkdir(self.root / "manifests")
-        self.tmp_dir = secure_mkdir(self.root / "tmp")
+        self.root = Path(root).expanduser().absolute()
+        self.blob_dir = self.root / "blobs"
+        self.manifest_dir = self.root / "manifests"
+        self.tmp_dir = self.root / "tmp"
         self.lock_path = self.root / "lock"
+        self.ensure_dirs()
         self._manifest_cache: dict[str, tuple[tuple[int, int, int], Manifest]] = {}
         self.clean_leftovers()
+
+    def ensure_dirs(self) -> None:
+        """(Re)create the directory tree: someone may delete the run directory while we run."""
+        for d in (self.root, self.blob_dir, self.manifest_dir, self.tmp_dir):
+            if not d.is_dir():
+                secure_mkdir(d)
 
     # -- locking
 
     @contextlib.contextmanager
     def lock(self, exclusive: bool, blocking: bool = True) -> Iterator[bool]:
         """flock on <dir>/lock; yields False if non-blocking and someone else holds it."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        with contextlib.suppress(OSError):  # a read-only tree is handled below
+            self.ensure_dirs()
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as exc:  # a read-only directory: readers still lock (flock needs no write access)
+            if exc.errno not in _UNWRITABLE:
+                raise
+            try:
+                fd = os.open(self.lock_path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise self.unwritable(exc) from None
         try:
             flags = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
             try:
@@ -252,6 +283,25 @@ class CheckpointStore:
                     removed += 1
         return removed
 
+    def unwritable(self, exc: OSError) -> CheckpointError:
+        return CheckpointError(
+            f"cannot write to the checkpoint directory {self.root}: {exc.strerror or exc}; nothing "
+            "was changed there. Make it writable (permissions, a read-write mount) or choose another run directory."
+        )
+
+    def _create(self, tmp: Path, subdir: Path | None = None) -> int:
+        """A new private temp file (and `subdir`, if given); a directory that refuses is a CheckpointError."""
+        try:
+            if subdir is not None:
+                secure_mkdir(subdir)
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except OSError as exc:
+            if exc.errno in _UNWRITABLE:
+                raise self.unwritable(exc) from None
+            if exc.errno in _FULL:
+                raise CheckpointError(_FULL_MESSAGE) from exc
+            raise
+
     # -- blobs
 
     def blob_path(self, digest: str) -> Path:
@@ -274,15 +324,14 @@ class CheckpointStore:
             size = os.stat(self.blob_path(digest)).st_size
         except FileNotFoundError:
             return False
-        return size == len(self.blob_header(digest, dtype, shape, nbytes)) + nbytes
+        return size == _blob_size(dtype, tuple(shape), nbytes)
 
     def write_blob(self, digest: str, dtype: str, shape, data) -> None:
         """Write one tensor file durably: temp in tmp/, fsync, rename into blobs/ab/."""
         view = memoryview(data).cast("B")
         target = self.blob_path(digest)
-        secure_mkdir(target.parent)
         tmp = self.tmp_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        fd = self._create(tmp, target.parent)
         try:
             _write_all(fd, self.blob_header(digest, dtype, shape, view.nbytes))
             _write_all(fd, view)
@@ -315,18 +364,20 @@ class CheckpointStore:
                 f"checkpoint {checkpoint_id}: the file holding tensor {rec.name!r} is missing "
                 f"({path}). This checkpoint cannot be restored; restore another one."
             ) from None
+        h = tensor_hasher(rec.dtype, rec.shape)
         with fh:
             offset = self._check_blob_header(fh, rec, path, checkpoint_id)
             fh.seek(offset)
             got = 0
-            while got < rec.nbytes:
-                n = fh.readinto(view[got:])
+            while got < rec.nbytes:  # hash each chunk right after reading it, while in cache
+                n = fh.readinto(view[got : got + _READ_CHUNK])
                 if not n:
                     break
+                h.update(view[got : got + n])
                 got += n
         if got != rec.nbytes:
             raise self._damaged(rec, path, checkpoint_id, "it is truncated")
-        if tensor_hash(rec.dtype, rec.shape, view) != rec.hash:
+        if h.hexdigest() != rec.hash:
             raise self._damaged(rec, path, checkpoint_id, "its bytes do not match their hash")
 
     def quarantine(self, path: Path) -> None:
@@ -410,13 +461,17 @@ class CheckpointStore:
         ).encode("utf-8")
         target = self.manifest_path(body["id"])
         tmp = self.tmp_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        fd = self._create(tmp)
         try:
             _write_all(fd, data)
             if self.durable:
                 os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # a disk-full manifest must not stay behind half written
+            raise
+        os.close(fd)
         try:
             os.link(tmp, target)  # fails if the id exists: never overwrite a checkpoint
         except FileExistsError:
@@ -430,6 +485,8 @@ class CheckpointStore:
     def list_ids(self) -> list[str]:
         """Ids of every manifest file present (damaged or not)."""
         out = []
+        if not self.manifest_dir.is_dir():
+            return out  # deleted under us: no checkpoints (the next save recreates the tree)
         for entry in os.scandir(self.manifest_dir):
             stem = entry.name[:-5] if entry.name.endswith(".json") else ""
             if ID_RE.fullmatch(stem):
@@ -505,6 +562,11 @@ class CheckpointStore:
             raise damaged(f"it names another checkpoint ({manifest.id})")
         if any(not HASH_RE.fullmatch(t.hash) for t in tensors):
             raise damaged("a tensor hash is malformed")
+        for t in tensors:  # a lie here would size buffers and misjudge good tensor files
+            if t.dtype not in ITEMSIZE:
+                raise damaged(f"tensor {t.name!r} has an unknown dtype {t.dtype!r}")
+            if any(s < 0 for s in t.shape) or t.nbytes != ITEMSIZE[t.dtype] * math.prod(t.shape):
+                raise damaged(f"tensor {t.name!r} claims {t.nbytes} bytes for {t.dtype}{list(t.shape)}")
         return manifest
 
     # -- deletion and garbage collection (caller holds the exclusive lock)
@@ -514,6 +576,10 @@ class CheckpointStore:
             os.unlink(self.manifest_path(checkpoint_id))
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            if exc.errno in _UNWRITABLE:
+                raise self.unwritable(exc) from None
+            raise
         self.forget(checkpoint_id)
         fsync_dir(self.manifest_dir)
         return True
@@ -546,6 +612,14 @@ class CheckpointStore:
                     freed += size
         return freed
 
+    def discard_unreferenced(self) -> int:
+        """After a failed save: delete tensor files no manifest names, unless a save runs anywhere."""
+        try:
+            with self.lock(exclusive=True, blocking=False) as got:
+                return self.collect_garbage() if got else 0
+        except (CheckpointError, OSError):
+            return 0
+
     def disk_usage(self) -> int:
         total = 0
         for dirpath, _dirs, files in os.walk(self.root):
@@ -555,17 +629,26 @@ class CheckpointStore:
         return total
 
 
+@functools.lru_cache(maxsize=4096)
+def _blob_size(dtype: str, shape: tuple[int, ...], nbytes: int) -> int:
+    """A blob file's exact size; its header's length does not depend on which digest it names."""
+    return len(CheckpointStore.blob_header("0" * 64, dtype, shape, nbytes)) + nbytes
+
+
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL_MESSAGE = ("the disk is full while writing a checkpoint; nothing was committed. Free "
+                 "space (delete old checkpoints with delete_checkpoint) and save again.")
+
+
 def _write_all(fd: int, data) -> None:
     view = memoryview(data).cast("B")
     while view:
         try:
             n = os.write(fd, view[: 1 << 30])
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise CheckpointError(
-                    "the disk is full while writing a checkpoint; nothing was committed. Free "
-                    "space (delete old checkpoints with delete_checkpoint) and save again."
-                ) from exc
+            if exc.errno in _FULL:
+                raise CheckpointError(_FULL_MESSAGE) from exc
             raise
         view = view[n:]
 
@@ -584,4 +667,5 @@ __all__ = [
     "encode_metadata",
     "new_id",
     "tensor_hash",
+    "tensor_hasher",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,8 +122,35 @@ def host_bytes(t: torch.Tensor, pin: bool) -> tuple[torch.Tensor, bool]:
     return out, True
 
 
+_HUGE_PAGE = 2 << 20
+_ALWAYS_FRESH = 32 << 20  # glibc serves larger requests from new mmaps, never reused memory
+COPY_CHUNK = 1 << 20  # copy and hash this much at a time, while it is in cache
+
+
 def new_host_buffer(nbytes: int, pin: bool) -> torch.Tensor:
-    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+    """Host memory for `nbytes`: pinned when `pin`; huge-page backed when so large that malloc
+    would map fresh pages anyway (smaller ones may reuse memory the heap already holds)."""
+    if pin or nbytes < _ALWAYS_FRESH:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+    return _huge_page_buffer(nbytes)
+
+
+def _huge_page_buffer(nbytes: int) -> torch.Tensor:
+    """Private anonymous memory asking for transparent huge pages (MADV_HUGEPAGE).
+
+    Filling fresh memory costs a page fault per page: with 4 KiB pages that caps a copy into
+    new buffers at about 0.9 GB/s here, with 2 MiB pages it runs at about 3.3 GB/s. Only whole
+    2 MiB-aligned pages inside the buffer are advised, so at most the size asked is resident.
+    The tensor keeps the mapping alive; it is unmapped when the last view is freed.
+    """
+    mm = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    whole = torch.frombuffer(mm, dtype=torch.uint8)
+    start = -whole.data_ptr() % _HUGE_PAGE
+    huge = nbytes // _HUGE_PAGE * _HUGE_PAGE
+    if huge and hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):  # THP off or unsupported: ordinary pages
+            mm.madvise(mmap.MADV_HUGEPAGE, start, huge)
+    return whole[start : start + nbytes]
 
 
 def numpy_bytes(buf: torch.Tensor):
@@ -139,10 +167,16 @@ def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     return _libc.memcmp(a.data_ptr(), b.data_ptr(), a.nbytes) == 0
 
 
-def copy_bytes(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """memmove between host uint8 tensors of equal size; releases the GIL."""
-    if src.nbytes:
-        ctypes.memmove(dst.data_ptr(), src.data_ptr(), src.nbytes)
+def copy_and_hash(dst: torch.Tensor, src: torch.Tensor, hasher) -> None:
+    """Copy `src` into `dst` a chunk at a time, feeding each copied chunk to `hasher` while it
+    is still in cache (one pass over memory instead of two); memmove releases the GIL. Hashes
+    the copy, not the source, so the hash is exactly that of the bytes kept."""
+    out = numpy_bytes(dst).data
+    dst_ptr, src_ptr = dst.data_ptr(), src.data_ptr()
+    for start in range(0, src.nbytes, COPY_CHUNK):
+        n = min(COPY_CHUNK, src.nbytes - start)
+        ctypes.memmove(dst_ptr + start, src_ptr + start, n)
+        hasher.update(out[start : start + n])
 
 
 def as_tensor(buf: torch.Tensor, dtype: str, shape) -> torch.Tensor:

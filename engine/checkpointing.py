@@ -40,11 +40,12 @@ from engine.checkpoint_store import (
     encode_metadata,
     new_id,
     tensor_hash,
+    tensor_hasher,
 )
 from engine.checkpoint_tensors import (
     TensorGroup,
     as_tensor,
-    copy_bytes,
+    copy_and_hash,
     host_bytes,
     model_groups,
     new_host_buffer,
@@ -181,8 +182,16 @@ class CheckpointManager:
         `metadata` must be JSON-serialisable (TypeError otherwise, before anything is
         written) and at most 1 MiB as JSON; it is stored and listed back exactly as JSON
         gives it back (strings byte-exact, NaN kept; tuples come back as lists).
+        A save that fails (disk full, unwritable directory) leaves no file behind.
         """
         meta = encode_metadata(metadata)
+        try:
+            return self._save(meta)
+        except (CheckpointError, OSError):
+            self._store.discard_unreferenced()
+            raise
+
+    def _save(self, meta: dict) -> str:
         groups = model_groups(self.model)
         dtypes = [g.dtype_name for g in groups]  # unsupported dtype: fail before writing
         now = _dt.datetime.now().astimezone()
@@ -243,11 +252,14 @@ class CheckpointManager:
         ):
             digest, source, keep = held.hash, host, held.buf
         else:
-            source = host
             if follow and not copied:  # the snapshot needs its own copy of the live bytes
                 source = new_host_buffer(host.nbytes, host.is_pinned())
-                copy_bytes(source, host)
-            digest = tensor_hash(dt, group.shape, numpy_bytes(source))
+                hasher = tensor_hasher(dt, group.shape)
+                copy_and_hash(source, host, hasher)
+                digest = hasher.hexdigest()
+            else:
+                source = host
+                digest = tensor_hash(dt, group.shape, numpy_bytes(source))
             keep = source if follow else None
         wrote = 0
         if claimed.first(digest) and not self._store.blob_present(
