@@ -14,6 +14,10 @@ from rich.text import Text
 _CONTROL_PICTURES = {code: chr(0x2400 + code) for code in range(0x20)}
 _CONTROL_PICTURES[0x7F] = "\u2421"
 _CONTROL_PICTURES.update({code: "\ufffd" for code in range(0x80, 0xA0)})
+# Bidirectional controls would let data reorder what the operator reads (a "Trojan Source"
+# purpose); they are shown as their code point instead.
+_BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_CONTROL_PICTURES.update({code: f"<U+{code:04X}>" for code in _BIDI})
 _KEEP_TAB = dict(_CONTROL_PICTURES)
 _KEEP_TAB[0x09] = "    "
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 SOURCE = "emergency"
 PERPLEXITY_LIMIT = 1.5  # rollback when perplexity exceeds the baseline by more than 50%
-UNUSABLE_STATES = ("forensic",)
+UNUSABLE_STATES = ("forensic", "recovery")  # recovery: saved mid-failure, holds the damage
 
 
 def _alert(core: "EngineCore", severity: str, message: str) -> None:

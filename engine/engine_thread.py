@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import queue
 import time
 import traceback
@@ -114,6 +115,7 @@ class EngineCore:
         self.checkpoints: Any = None
         self.safety: Any = None
         self.memory: Any = None
+        self.run_dir_identity: int | None = None  # inode of the run dir, to notice its deletion
         self.inspector: Any = None
         self.device: Any = None
         self.dtype: Any = None
@@ -187,6 +189,8 @@ class EngineCore:
         self.supervisor = StopSupervisor(self.signal, self.config.stop_grace)
         try:
             self.set_state(EngineState.STARTING)
+            if self.config.threads:
+                torch.set_num_threads(max(1, int(self.config.threads)))
             if self.setup():
                 if self.config.experiment and not self.config.readonly:
                     self.queue_experiment(self.config.experiment, delay=0.0)
@@ -258,6 +262,7 @@ class EngineCore:
         self.bind_model()
         if not readonly:
             secure_mkdir(self.run_dir)
+            self.run_dir_identity = os.stat(self.run_dir).st_ino
         self.safety = SafetyMonitor(run_dir=None if readonly else self.run_dir)
         self.safety.add_alert_listener(self.forward_alert)
         self.safety.attach_activation_monitor(self.model)
@@ -265,9 +270,17 @@ class EngineCore:
         if not readonly:
             from engine.memory import MemorySystem
 
-            self.memory = MemorySystem(self.run_dir / "memory")
-            self.memory.set_weight_inspector(self.inspector)
-            self.coupled_modifications = len(self.memory.observations.query(category="coupled_modification"))
+            from engine.memory import MemoryStoreError
+
+            try:
+                self.memory = MemorySystem(self.run_dir / "memory")
+                self.memory.set_weight_inspector(self.inspector)
+                self.coupled_modifications = len(self.memory.observations.query(category="coupled_modification"))
+            except MemoryStoreError as exc:  # a damaged database must not keep the model unguarded
+                if self.memory is not None:
+                    self.memory.close()
+                self.memory = None
+                self.alert("HIGH", f"Memory system unavailable, running without it: {exc}")
         checkpoint_dir = self.run_dir / "checkpoints"
         if not readonly:
             self.checkpoints = CheckpointManager(self.model, checkpoint_dir)
@@ -556,10 +569,11 @@ class EngineCore:
             metadata_json=json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str),
         )
 
-    def publish_checkpoints(self) -> None:
+    def publish_checkpoints(self, entries: list[dict] | None = None) -> None:
         if self.checkpoints is None:
             return
-        entries = self.checkpoints.list_checkpoints()
+        if entries is None:
+            entries = self.checkpoints.list_checkpoints()
         self.known_checkpoints = tuple(e["id"] for e in entries)
         self.publish(CheckpointList(checkpoints=tuple(self.checkpoint_info(e) for e in entries),
                                     disk_usage=int(self.checkpoints.get_disk_usage())))
@@ -580,12 +594,12 @@ class EngineCore:
         if ids == self.known_checkpoints:
             return
         before = set(self.known_checkpoints)
+        self.publish_checkpoints(entries)  # the list first: a client that sees the news also has the list
         for entry in entries:
             if entry["id"] not in before:
                 self.publish(CheckpointSaved(checkpoint=self.checkpoint_info(entry), origin="external"))
         for gone in before - set(ids):
             self.publish(CheckpointDeleted(checkpoint_id=gone, origin="external"))
-        self.publish_checkpoints()
 
     def prune_automatic(self) -> None:
         autos = [e for e in self.checkpoints.list_checkpoints() if (e.get("metadata") or {}).get("state") == "auto"]
@@ -596,10 +610,38 @@ class EngineCore:
 
     # -- health ----------------------------------------------------------------------
     def scan_health(self) -> dict:
+        self.check_run_dir()
         result = self.safety.check_model_health(self.model)
         self.last_health = result
         self.next_health = time.monotonic() + self.config.health_interval
         return result
+
+    def check_run_dir(self) -> None:
+        """Someone deleted the run directory: say so once, recreate it, reopen the memory database."""
+        if self.config.readonly or self.run_dir is None:
+            return
+        try:
+            identity = os.stat(self.run_dir).st_ino
+        except FileNotFoundError:
+            identity = None
+        if self.run_dir_identity is None:
+            self.run_dir_identity = identity
+        if identity is not None and identity == self.run_dir_identity:
+            return
+        self.alert("HIGH", f"The run directory {self.run_dir} was deleted while the engine ran; recreating it. "
+                           "Checkpoints and memory stored there before are gone; new ones are kept.")
+        try:
+            secure_mkdir(self.run_dir)
+            if self.memory is not None:
+                from engine.memory import MemorySystem
+
+                self.memory.close()
+                self.memory = MemorySystem(self.run_dir / "memory")
+                self.memory.set_weight_inspector(self.inspector)
+            self.run_dir_identity = os.stat(self.run_dir).st_ino
+        except Exception as exc:  # the engine goes on guarding the model without the database
+            self.memory = None
+            self.alert("HIGH", f"Could not recreate the run directory {self.run_dir}: {type(exc).__name__}: {exc}")
 
     def publish_health(self, result: dict) -> None:
         baseline = self.baseline_metrics.get("perplexity") if self.baseline_metrics else None

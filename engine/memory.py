@@ -25,11 +25,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
+import blake3
+
 from engine.fsutil import FILE_MODE, secure_mkdir
 
 DB_NAME = "memory.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each observation carries a checksum of its contents and tags
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS observations (
@@ -38,7 +40,8 @@ _SCHEMA = (
         description TEXT NOT NULL,
         category TEXT NOT NULL,
         importance REAL NOT NULL,
-        data TEXT NOT NULL
+        data TEXT NOT NULL,
+        checksum TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS tags (
         observation_id INTEGER NOT NULL REFERENCES observations(id) ON DELETE CASCADE,
@@ -61,7 +64,7 @@ _QUERY_WHERE = """
           ) = :tag_count)
 """
 _QUERY = (
-    "SELECT * FROM (SELECT o.id, o.timestamp, o.description, o.category, o.importance, o.data,"
+    "SELECT * FROM (SELECT o.id, o.timestamp, o.description, o.category, o.importance, o.data, o.checksum,"
     " (SELECT json_group_array(tag) FROM (SELECT tag FROM tags WHERE observation_id = o.id ORDER BY tag)) AS tags"
     " FROM observations o" + _QUERY_WHERE + " ORDER BY o.id DESC LIMIT :limit) ORDER BY id"
 )
@@ -114,6 +117,12 @@ def _to_json(data: dict) -> str:
     return json.dumps(clean(data), default=_json_default, ensure_ascii=False)
 
 
+def _checksum(timestamp: float, description: str, category: str, importance: float, data: str, tags) -> str:
+    """blake3 of an observation's contents and tags: SQLite keeps no checksums of its own."""
+    text = json.dumps([timestamp, description, category, importance, data, sorted(tags)], ensure_ascii=False)
+    return blake3.blake3(text.encode("utf-8")).hexdigest()[:32]
+
+
 def _since_epoch(since) -> float | None:
     if since is None:
         return None
@@ -157,18 +166,39 @@ class ObservationStore:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
         params["limit"] = -1 if limit is None else limit
-        rows = self._system._conn().execute(_QUERY, params).fetchall()
-        return [
-            Observation(
-                id=r[0], timestamp=r[1], description=r[2], category=r[3], importance=r[4],
-                data=json.loads(r[5]), tags=json.loads(r[6]) if r[6] else [],
-            )
-            for r in rows
-        ]
+        try:
+            rows = self._system._conn().execute(_QUERY, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "decode" not in str(exc):  # "database is locked" and the like are not damage
+                raise
+            raise self._system._unreadable(exc) from exc
+        except sqlite3.DatabaseError as exc:  # damage found while reading
+            raise self._system._unreadable(exc) from exc
+        out, damaged = [], []
+        for r in rows:
+            tags = json.loads(r[7]) if r[7] else []
+            if r[6] is not None and r[6] != _checksum(r[1], r[2], r[3], r[4], r[5], tags):
+                damaged.append(r[0])
+                continue
+            try:
+                out.append(Observation(id=r[0], timestamp=r[1], description=r[2], category=r[3],
+                                       importance=r[4], data=json.loads(r[5]), tags=tags))
+            except (TypeError, ValueError):
+                damaged.append(r[0])
+        if damaged:
+            raise self._system.damaged(damaged)
+        return out
 
     def count(self, category=None, tags=None, min_importance=None, since=None) -> int:
         params = self._params(category, tags, min_importance, since)
-        return self._system._conn().execute(_COUNT, params).fetchone()[0]
+        try:
+            return self._system._conn().execute(_COUNT, params).fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "decode" not in str(exc):  # "database is locked" and the like are not damage
+                raise
+            raise self._system._unreadable(exc) from exc
+        except sqlite3.DatabaseError as exc:  # damage found while reading
+            raise self._system._unreadable(exc) from exc
 
     @staticmethod
     def _params(category, tags, min_importance, since) -> dict:
@@ -216,7 +246,7 @@ class MemorySystem:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 conn.execute("PRAGMA synchronous = FULL")
                 conn.execute("PRAGMA foreign_keys = ON")
-            except sqlite3.DatabaseError as exc:
+            except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a damaged header can garble PRAGMA text
                 raise self._unreadable(exc) from exc
             if mode.lower() != "wal":
                 raise MemoryStoreError(f"{self.db_path}: SQLite refused WAL mode (got {mode!r}); is it on a network file system?")
@@ -224,6 +254,14 @@ class MemorySystem:
             with self._lock:
                 self._connections.append(conn)
         return conn
+
+    def damaged(self, ids: list[int]) -> MemoryStoreError:
+        shown = ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        return MemoryStoreError(
+            f"{self.db_path}: observation(s) {shown} are damaged (their contents no longer match their "
+            f"checksums; the file was changed on disk). Move the file aside (e.g. rename it to "
+            f"{DB_NAME}.broken) to start a new memory, or restore it from a backup."
+        )
 
     def _unreadable(self, exc: Exception) -> MemoryStoreError:
         return MemoryStoreError(
@@ -238,14 +276,19 @@ class MemorySystem:
                 for stmt in _SCHEMA:
                     conn.execute(stmt)
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
+                if version == 1:  # rows written before checksums stay unchecked (checksum NULL)
+                    conn.execute("ALTER TABLE observations ADD COLUMN checksum TEXT")
+                if version < SCHEMA_VERSION:
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 elif version > SCHEMA_VERSION:
                     raise MemoryStoreError(
                         f"{self.db_path} was written by a newer Redline (schema {version} > {SCHEMA_VERSION}); upgrade Redline"
                     )
             conn.execute("SELECT COUNT(*) FROM observations").fetchone()
-        except sqlite3.DatabaseError as exc:
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems))
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             raise self._unreadable(exc) from exc
         for suffix in ("", "-wal", "-shm"):
             f = Path(str(self.db_path) + suffix)
@@ -288,11 +331,13 @@ class MemorySystem:
         if isinstance(tags, str):
             tags = [tags]
         tag_list = sorted({str(t) for t in tags or ()})
+        row = (time.time(), description, category, float(importance), _to_json(metadata or {}))
         conn = self._conn()
         with conn:
             cur = conn.execute(
-                "INSERT INTO observations (timestamp, description, category, importance, data) VALUES (?, ?, ?, ?, ?)",
-                (time.time(), description, category, float(importance), _to_json(metadata or {})),
+                "INSERT INTO observations (timestamp, description, category, importance, data, checksum)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (*row, _checksum(*row, tag_list)),
             )
             obs_id = cur.lastrowid
             conn.executemany("INSERT INTO tags (observation_id, tag) VALUES (?, ?)", [(obs_id, t) for t in tag_list])

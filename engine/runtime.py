@@ -46,6 +46,7 @@ class EngineConfig:
     stop_grace: float = 2.0  # seconds before an async exception is raised in a stuck experiment
     evaluate_every: int = 5  # steps between perplexity measurements (0: never)
     experiment_options: dict[str, Any] = field(default_factory=dict)  # ctx.options (max_steps, batch_size, auto_restart...)
+    threads: int | None = None  # torch intra-op threads (None: torch's default); a console leaves a core for the UI
 
 
 class Engine:

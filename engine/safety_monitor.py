@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import inspect
-import json
 import logging
 import math
 import threading
@@ -30,7 +29,8 @@ import psutil
 import torch
 
 from engine.activation_monitor import ActivationMonitor
-from engine.fsutil import append_line, secure_mkdir
+from engine.alert_journal import append_alert
+from engine.fsutil import secure_mkdir
 from engine.health_scan import ScanResult, scan_model, scan_tensors
 from engine.severity import Severity, status_for
 
@@ -428,7 +428,7 @@ class SafetyMonitor:
         log.log(_LOG_LEVELS[alert["severity"]], "[%s] %s: %s", alert["source"], alert["severity"], alert["message"])
         if self.journal_path is not None:
             try:
-                append_line(self.journal_path, json.dumps(_json_safe(alert), ensure_ascii=False, default=str))
+                append_alert(self.journal_path, _json_safe(alert))
             except OSError:
                 log.exception("could not append to the alert journal %s", self.journal_path)
         for fn in listeners:

@@ -20,6 +20,10 @@ def test_control_characters_become_visible():
     assert visible("tab\tend", keep_tabs=True) == "tab    end"
 
 
+def test_bidirectional_controls_cannot_reorder_what_is_shown():
+    assert visible("safe\u202eevil\u2066x\u200f") == "safe<U+202E>evil<U+2066>x<U+200F>"
+
+
 def test_markup_is_not_interpreted():
     text = literal("[bold red]alarm[/] :warning:")
     assert text.plain == "[bold red]alarm[/] :warning:"
