@@ -353,17 +353,21 @@ class CheckpointStore:
         for _ in (pool.map(fsync_dir, dirs) if pool else map(fsync_dir, dirs)):
             pass
 
-    def read_blob_into(self, rec: TensorRecord, out, *, checkpoint_id: str) -> None:
-        """Read the tensor bytes of `rec` into `out` (a writable buffer) and verify the hash."""
+    def _open_blob(self, rec: TensorRecord, checkpoint_id: str):
+        """(path, unbuffered file) of the blob holding `rec`; a missing file is CheckpointCorrupted."""
         path = self.blob_path(rec.hash)
-        view = memoryview(out).cast("B")
         try:
-            fh = open(path, "rb", buffering=0)
+            return path, open(path, "rb", buffering=0)
         except FileNotFoundError:
             raise CheckpointCorrupted(
                 f"checkpoint {checkpoint_id}: the file holding tensor {rec.name!r} is missing "
                 f"({path}). This checkpoint cannot be restored; restore another one."
             ) from None
+
+    def read_blob_into(self, rec: TensorRecord, out, *, checkpoint_id: str) -> None:
+        """Read the tensor bytes of `rec` into `out` (a writable buffer) and verify the hash."""
+        view = memoryview(out).cast("B")
+        path, fh = self._open_blob(rec, checkpoint_id)
         h = tensor_hasher(rec.dtype, rec.shape)
         with fh:
             offset = self._check_blob_header(fh, rec, path, checkpoint_id)
@@ -391,14 +395,7 @@ class CheckpointStore:
 
     def verify_blob(self, rec: TensorRecord, *, checkpoint_id: str, chunk: int = 16 << 20) -> None:
         """Hash the blob of `rec` in chunks (bounded memory); raise CheckpointCorrupted if bad."""
-        path = self.blob_path(rec.hash)
-        try:
-            fh = open(path, "rb", buffering=0)
-        except FileNotFoundError:
-            raise CheckpointCorrupted(
-                f"checkpoint {checkpoint_id}: the file holding tensor {rec.name!r} is missing "
-                f"({path}). This checkpoint cannot be restored; restore another one."
-            ) from None
+        path, fh = self._open_blob(rec, checkpoint_id)
         with fh:
             offset = self._check_blob_header(fh, rec, path, checkpoint_id)
             fh.seek(offset)

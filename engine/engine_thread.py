@@ -886,18 +886,21 @@ class EngineCore:
     def pause_here(self) -> None:
         self.set_state(EngineState.PAUSED, f"paused at step {self.step}")
         while self.paused and not self.signal.requested:
-            timeout = max(0.0, self.next_health - time.monotonic())
-            try:
-                item = self.commands.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            self.handle(item, during_experiment=True)
-            if self.checkpoints_dirty:
-                self.sync_checkpoints()
-            if time.monotonic() >= self.next_health:
+            if self.serve_commands(self.next_health - time.monotonic()):
                 self.publish_health(self.scan_health())
         self.signal.check()
         self.set_state(EngineState.RUNNING, f"resumed at step {self.step}")
+
+    def serve_commands(self, timeout: float) -> bool:
+        """Inside an experiment: handle one command (waiting up to `timeout`); True when a health scan is due."""
+        try:
+            item = self.commands.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            item = None
+        self.handle(item, during_experiment=True)
+        if self.checkpoints_dirty:
+            self.sync_checkpoints()
+        return time.monotonic() >= self.next_health
 
     def experiment_wait(self, ctx: ExperimentContext, seconds: float) -> None:
         deadline = time.monotonic() + max(0.0, seconds)
@@ -906,14 +909,7 @@ class EngineCore:
             now = time.monotonic()
             if now >= deadline:
                 return
-            try:
-                item = self.commands.get(timeout=max(0.0, min(deadline, self.next_health) - now))
-            except queue.Empty:
-                item = None
-            self.handle(item, during_experiment=True)
-            if self.checkpoints_dirty:
-                self.sync_checkpoints()
-            if time.monotonic() >= self.next_health:
+            if self.serve_commands(min(deadline, self.next_health) - now):
                 health = self.scan_health()
                 self.publish_health(health)
                 if health["status"] == "CRITICAL":
