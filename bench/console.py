@@ -77,6 +77,7 @@ async def console_latencies(run_dir: Path, repeats: int) -> tuple[list[float], l
     from console.app import EngineAnswered, RedlineApp
     from engine.commands import RunExperiment
     from engine.events import EngineState
+    from console.cli import engine_threads
     from engine.runtime import Engine, EngineConfig
 
     answers: list[tuple[float, object]] = []
@@ -85,7 +86,8 @@ async def console_latencies(run_dir: Path, repeats: int) -> tuple[list[float], l
         if isinstance(message, EngineAnswered):
             answers.append((time.perf_counter(), message.done))
 
-    engine = Engine(EngineConfig(model="demo", experiment="demo", run_dir=run_dir, auto_checkpoint_every=0))
+    engine = Engine(EngineConfig(model="demo", experiment="demo", run_dir=run_dir, auto_checkpoint_every=0,
+                                 threads=engine_threads()))  # as `redline` runs it
     app = RedlineApp(engine)
     shown = ShownAt(app)
     running = lambda: app.state.engine_state is EngineState.RUNNING  # noqa: E731
@@ -119,9 +121,11 @@ async def console_latencies(run_dir: Path, repeats: int) -> tuple[list[float], l
 def api_latencies(run_dir: Path, repeats: int) -> tuple[list[float], list[float], list[float]]:
     from engine.commands import RunExperiment, Save
     from engine.events import Alert, CommandDone, EngineState, EngineStateChanged
+    from console.cli import engine_threads
     from engine.runtime import Engine, EngineConfig
 
-    engine = Engine(EngineConfig(model="demo", experiment="demo", run_dir=run_dir, auto_checkpoint_every=0))
+    engine = Engine(EngineConfig(model="demo", experiment="demo", run_dir=run_dir, auto_checkpoint_every=0,
+                                 threads=engine_threads()))  # as `redline` runs it
     engine.start()
 
     def wait(predicate) -> float:

@@ -141,12 +141,12 @@ def _console(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         readonly=args.readonly,
         forensic_checkpoints=not args.no_forensic,
-        threads=_engine_threads(),
+        threads=engine_threads(),
     )
     return run_console(Engine(config), args)
 
 
-def _engine_threads() -> int | None:
+def engine_threads() -> int | None:
     """Leave one core to the UI: on two cores torch's two threads starved the event loop."""
     if os.environ.get("OMP_NUM_THREADS"):
         return None  # the operator chose
