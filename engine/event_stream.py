@@ -64,19 +64,22 @@ class EventStream:
     def publish(self, event: Event) -> None:
         """Add one event; never blocks on a client."""
         with self._lock:
-            seq = next(self._seq)
-            key = _coalesce_key(event)
-            if key is not None:
-                self._latest[key] = (seq, event)
-            elif isinstance(event, _KEPT):
-                self._kept.append((seq, event))
-            else:
-                if len(self._bounded) >= self.capacity:
-                    self._bounded.popleft()
-                    self._dropped += 1
-                    self.dropped_total += 1
-                self._bounded.append((seq, event))
+            self._place(next(self._seq), event)
             self._ready.notify_all()
+
+    def _place(self, seq: int, event: Event) -> None:
+        """File one event by its policy: coalesced, kept, or bounded (oldest dropped). Lock held."""
+        key = _coalesce_key(event)
+        if key is not None:
+            self._latest[key] = (seq, event)
+        elif isinstance(event, _KEPT):
+            self._kept.append((seq, event))
+        else:
+            if len(self._bounded) >= self.capacity:
+                self._bounded.popleft()
+                self._dropped += 1
+                self.dropped_total += 1
+            self._bounded.append((seq, event))
 
     def pending(self) -> int:
         with self._lock:
@@ -115,11 +118,5 @@ class EventStream:
             self._bounded.clear()
             self._latest.clear()
             for seq, event in rest:
-                key = _coalesce_key(event)
-                if key is not None:
-                    self._latest[key] = (seq, event)
-                elif isinstance(event, _KEPT):
-                    self._kept.append((seq, event))
-                else:
-                    self._bounded.append((seq, event))
+                self._place(seq, event)
             return notice + [event for _, event in taken]

@@ -192,7 +192,7 @@ def resolve_model_dir(name: str, progress: Progress | None = None) -> Path:
 def _failure_paragraph(name: str, directory: Path | None, exc: Exception) -> str:
     where = f"the model in {directory}" if directory is not None else f"model {name!r}"
     detail = " ".join(str(exc).split())
-    if "trust_remote_code=True" in detail and "custom code" in detail:
+    if "trust_remote_code" in detail and "custom code" in detail:
         return (
             f"Loading {where} failed: it needs custom Python code shipped with the model (trust_remote_code), "
             f"which Redline never runs. Use a model whose architecture this transformers version supports natively."
