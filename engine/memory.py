@@ -166,7 +166,7 @@ class ObservationStore:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
         params["limit"] = -1 if limit is None else limit
-        rows = self._rows(_QUERY, params)
+        rows = self._read(lambda conn: conn.execute(_QUERY, params).fetchall())
         out, damaged = [], []
         for r in rows:
             tags = json.loads(r[7]) if r[7] else []
@@ -184,12 +184,12 @@ class ObservationStore:
 
     def count(self, category=None, tags=None, min_importance=None, since=None) -> int:
         params = self._params(category, tags, min_importance, since)
-        return self._rows(_COUNT, params)[0][0]
+        return self._read(lambda conn: conn.execute(_COUNT, params).fetchone()[0])
 
-    def _rows(self, sql: str, params: dict) -> list:
-        """Run a read; damage SQLite finds while reading becomes MemoryStoreError."""
+    def _read(self, read):
+        """`read(connection)`; damage SQLite finds while reading becomes MemoryStoreError."""
         try:
-            return self._system._conn().execute(sql, params).fetchall()
+            return read(self._system._conn())
         except sqlite3.OperationalError as exc:
             if "decode" not in str(exc):  # "database is locked" and the like are not damage
                 raise
