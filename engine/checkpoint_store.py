@@ -330,11 +330,19 @@ class CheckpointStore:
         """Write one tensor file durably: temp in tmp/, fsync, rename into blobs/ab/."""
         view = memoryview(data).cast("B")
         target = self.blob_path(digest)
+        tmp = self._write_temp((self.blob_header(digest, dtype, shape, view.nbytes), view), target.parent)
+        os.replace(tmp, target)
+
+    def _write_temp(self, chunks, subdir: Path | None = None) -> Path:
+        """A new private temp file in tmp/ holding `chunks` (fsynced if durable).
+
+        On any failure (a full disk included) the temp file is removed: nothing half written stays.
+        """
         tmp = self.tmp_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-        fd = self._create(tmp, target.parent)
+        fd = self._create(tmp, subdir)
         try:
-            _write_all(fd, self.blob_header(digest, dtype, shape, view.nbytes))
-            _write_all(fd, view)
+            for chunk in chunks:
+                _write_all(fd, chunk)
             if self.durable:
                 os.fsync(fd)
         except BaseException:
@@ -343,7 +351,7 @@ class CheckpointStore:
                 os.unlink(tmp)
             raise
         os.close(fd)
-        os.replace(tmp, target)
+        return tmp
 
     def sync_blob_dirs(self, digests, pool=None) -> None:
         """Make the renames of new blobs durable (before the manifest that names them)."""
@@ -457,18 +465,7 @@ class CheckpointStore:
             indent=1,
         ).encode("utf-8")
         target = self.manifest_path(body["id"])
-        tmp = self.tmp_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-        fd = self._create(tmp)
-        try:
-            _write_all(fd, data)
-            if self.durable:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)  # a disk-full manifest must not stay behind half written
-            raise
-        os.close(fd)
+        tmp = self._write_temp((data,))
         try:
             os.link(tmp, target)  # fails if the id exists: never overwrite a checkpoint
         except FileExistsError:
