@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import time
 
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+from engine.units import human_bytes, number  # noqa: F401  (one definition, shared with engine gauges)
 
 
 def duration(seconds: float) -> str:
@@ -32,10 +24,3 @@ def clock_time(epoch: float) -> str:
 
 def date_time(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
-
-
-def number(value: float | None) -> str:
-    """Four significant digits; "—" for no value yet."""
-    if value is None:
-        return "—"
-    return f"{value:.4g}"

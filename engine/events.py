@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from engine.policy import SEVERITIES  # noqa: F401  (re-exported: clients filter alerts by it)
+
 
 class EngineState(str, enum.Enum):
     """Lifecycle of the engine thread."""
@@ -29,7 +31,6 @@ class EngineState(str, enum.Enum):
     STOPPED = "stopped"  # thread has exited
 
 
-SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFO")
 
 
 def _now() -> float:
@@ -78,6 +79,18 @@ class EngineStateChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Gauge:
+    """One console gauge as the engine judged it (not an event by itself); built in engine.gauges."""
+
+    name: str  # stable id, e.g. "max_abs"
+    label: str  # shown left of the value, e.g. "max|w|"
+    text: str  # the value as shown, e.g. "1.23"
+    severity: str = "INFO"  # what the engine's policy says of the value
+    value: float | None = None  # plotted in the gauge's history; None: nothing to plot
+    note: str = ""  # shown after the value in the severity's colour, e.g. "(+12% vs 6.75)"
+
+
+@dataclass(frozen=True, slots=True)
 class HealthSnapshot(Event):
     """One fused health scan. Latest wins: a slow client only sees the newest."""
 
@@ -96,6 +109,7 @@ class HealthSnapshot(Event):
     issues: int = 0
     scan_ms: float = 0.0
     step: int = 0
+    gauges: tuple[Gauge, ...] = ()  # what the console shows, in order, each with its severity
     time: float = field(default_factory=_now)
 
 
@@ -167,6 +181,7 @@ class TensorChange:
     layer: str
     change: float  # magnitude (L2 norm of the difference)
     relative: float = 0.0  # change / norm of the first tensor
+    severity: str = "LOW"  # engine.policy.change_severity of the change
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +227,18 @@ class ExperimentStep(Event):
     experiment: str
     step: int
     name: str = ""
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome(Event):
+    """How an experiment run ended: one of engine.runtime.outcomes (headless maps it to an exit code)."""
+
+    kind: ClassVar[str] = "outcome"
+    outcome: str
+    experiment: str | None = None
+    steps: int = 0
+    detail: str = ""
     time: float = field(default_factory=_now)
 
 

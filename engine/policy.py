@@ -1,0 +1,214 @@
+"""Every threshold, severity and severity rule, defined once.
+
+The safety monitor, the emergency procedures, the health gauges and the
+checkpoint comparison all read this module; the console only shows the
+severity the engine attached to a value and never decides one. Imports no
+torch (a console-only install uses it).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from dataclasses import dataclass
+from numbers import Real
+from typing import Iterable, Mapping
+
+
+class Severity(enum.IntEnum):
+    """CRITICAL > HIGH > MEDIUM > LOW > INFO."""
+
+    INFO = 0
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    CRITICAL = 4
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def log_level(self) -> int:
+        """The `logging` level an alert of this severity is logged at."""
+        return _LOG_LEVELS[self]
+
+    @classmethod
+    def parse(cls, value: "Severity | str") -> "Severity":
+        """A Severity, its name in any case ('critical', ' HIGH '), or an enum's repr ('Severity.HIGH')."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper().split(".")[-1]]
+            except KeyError:
+                pass
+        known = ", ".join(s.name for s in sorted(cls, reverse=True))
+        raise ValueError(f"unknown severity {value!r}; use one of {known}")
+
+
+_LOG_LEVELS = {
+    Severity.CRITICAL: logging.CRITICAL,
+    Severity.HIGH: logging.ERROR,
+    Severity.MEDIUM: logging.WARNING,
+    Severity.LOW: logging.INFO,
+    Severity.INFO: logging.DEBUG,
+}
+
+#: severity names, worst first (the order filters and keys 1-5 use)
+SEVERITIES: tuple[str, ...] = tuple(s.name for s in sorted(Severity, reverse=True))
+
+
+def status_for(severities: Iterable["Severity | str"]) -> str:
+    """The check status for a set of issue severities: CRITICAL, WARNING (HIGH/MEDIUM) or OK."""
+    worst = max((Severity.parse(s) for s in severities), default=Severity.INFO)
+    if worst >= Severity.CRITICAL:
+        return "CRITICAL"
+    if worst >= Severity.MEDIUM:
+        return "WARNING"
+    return "OK"
+
+
+#: how a check status is shown (the status gauge, the header)
+STATUS_SEVERITY = {"CRITICAL": "CRITICAL", "WARNING": "MEDIUM", "OK": "INFO"}
+
+#: how an engine state is shown (keyed by EngineState's value)
+STATE_SEVERITY = {
+    "error": "CRITICAL",
+    "stopping": "CRITICAL",
+    "recovering": "HIGH",
+    "paused": "MEDIUM",
+    "running": "LOW",
+}
+
+
+def status_severity(status: str) -> str:
+    """The severity a check status is shown with; an unknown status shows as HIGH."""
+    return STATUS_SEVERITY.get(status, "HIGH")
+
+
+# -- thresholds ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A named, settable threshold (`SafetyMonitor.set_threshold`)."""
+
+    default: float
+    low: float  # smallest accepted value
+    high: float | None  # largest accepted value, None: unbounded
+    integer: bool
+    meaning: str
+
+
+THRESHOLDS: dict[str, Threshold] = {
+    "nan_tolerance": Threshold(0, 0, None, True, "NaN values a check tolerates before CRITICAL"),
+    "inf_tolerance": Threshold(0, 0, None, True, "Inf values a check tolerates before CRITICAL"),
+    "max_weight_value": Threshold(100.0, 0, None, False, "largest |weight| before HIGH"),
+    "gradient_clip": Threshold(10.0, 0, None, False, "total gradient L2 norm before HIGH"),
+    "device_memory_fraction": Threshold(0.90, 0, 1, False, "accelerator memory used fraction before HIGH"),
+    "host_memory_fraction": Threshold(0.90, 0, 1, False, "machine RAM used fraction before HIGH"),
+    "activation_spike_factor": Threshold(10.0, 1, None, False, "max|activation| over its baseline before HIGH"),
+    "activation_warmup": Threshold(3, 0, None, True, "forward calls before activation baselines are trusted"),
+    "perplexity_drift": Threshold(0.05, 0, None, False, "relative perplexity rise reported as LOW"),
+    "perplexity_warning": Threshold(0.20, 0, None, False, "relative perplexity rise before HIGH"),
+    "perplexity_critical": Threshold(0.50, 0, None, False, "relative perplexity rise before CRITICAL (rollback)"),
+}
+
+
+def default_thresholds() -> dict[str, float]:
+    return {name: spec.default for name, spec in THRESHOLDS.items()}
+
+
+def validate_threshold(name: str, value: object) -> float:
+    """`value` checked against the named threshold's range (int for whole-number ones); ValueError names the problem."""
+    spec = THRESHOLDS.get(name)
+    if spec is None:
+        known = "\n".join(f"  {n} (default {s.default}): {s.meaning}" for n, s in THRESHOLDS.items())
+        raise ValueError(f"unknown threshold {name!r}; known thresholds:\n{known}")
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"threshold {name!r} ({spec.meaning}) must be a number, got {value!r}")
+    number = float(value)
+    if math.isnan(number) or number < spec.low or (spec.high is not None and number > spec.high):
+        bounds = f">= {spec.low}" if spec.high is None else f"between {spec.low} and {spec.high}"
+        raise ValueError(f"threshold {name!r} ({spec.meaning}) must be {bounds}, got {value!r}")
+    if spec.integer and math.isfinite(number):
+        if not number.is_integer():
+            raise ValueError(f"threshold {name!r} ({spec.meaning}) must be a whole number, got {value!r}")
+        return int(number)
+    return number
+
+
+def _threshold(thresholds: Mapping[str, float] | None, name: str) -> float:
+    return float((thresholds or {}).get(name, THRESHOLDS[name].default))
+
+
+# -- rules -----------------------------------------------------------------------------------
+
+
+def perplexity_change(perplexity: float, baseline: float) -> float:
+    """Relative rise over the baseline; +inf for a non-finite perplexity."""
+    return perplexity / baseline - 1.0 if math.isfinite(perplexity) else math.inf
+
+
+def perplexity_severity(perplexity: float | None, baseline: float | None,
+                        thresholds: Mapping[str, float] | None = None) -> str:
+    """LOW above the drift threshold, HIGH above the warning one, CRITICAL above the critical one or non-finite."""
+    if perplexity is None or not baseline:
+        return "INFO"
+    if math.isnan(perplexity):
+        return "CRITICAL"
+    change = perplexity_change(perplexity, baseline)
+    if change > _threshold(thresholds, "perplexity_critical"):
+        return "CRITICAL"
+    if change > _threshold(thresholds, "perplexity_warning"):
+        return "HIGH"
+    if change > _threshold(thresholds, "perplexity_drift"):
+        return "LOW"
+    return "INFO"
+
+
+def perplexity_acceptable(perplexity: float | None, baseline: float,
+                          thresholds: Mapping[str, float] | None = None) -> bool:
+    """Whether a restored model's perplexity is good enough to keep (not CRITICAL)."""
+    return perplexity is not None and perplexity_severity(perplexity, baseline, thresholds) != "CRITICAL"
+
+
+def nonfinite_severity(nan_count: int, inf_count: int, thresholds: Mapping[str, float] | None = None) -> str:
+    over = nan_count > _threshold(thresholds, "nan_tolerance") or inf_count > _threshold(thresholds, "inf_tolerance")
+    return "CRITICAL" if over else "INFO"
+
+
+def max_weight_severity(max_abs: float, thresholds: Mapping[str, float] | None = None) -> str:
+    if not math.isfinite(max_abs):
+        return "CRITICAL"
+    return "HIGH" if max_abs > _threshold(thresholds, "max_weight_value") else "INFO"
+
+
+def gradient_severity(grad_norm: float | None, thresholds: Mapping[str, float] | None = None) -> str:
+    if grad_norm is None:
+        return "INFO"
+    if not math.isfinite(grad_norm):
+        return "CRITICAL"
+    return "HIGH" if grad_norm > _threshold(thresholds, "gradient_clip") else "INFO"
+
+
+def memory_severity(used: int | None, total: int | None, threshold_name: str,
+                    thresholds: Mapping[str, float] | None = None) -> str:
+    if not used or not total:
+        return "INFO"
+    return "HIGH" if used / total > _threshold(thresholds, threshold_name) else "INFO"
+
+
+#: relative change of one tensor between two states (a checkpoint comparison), worst first
+CHANGE_SEVERITY_STEPS: tuple[tuple[float, str], ...] = ((0.5, "CRITICAL"), (0.1, "HIGH"), (0.01, "MEDIUM"))
+
+
+def change_severity(relative: float, change: float = 0.0) -> str:
+    """How a tensor's change between two states is judged; a non-finite change or ratio is CRITICAL."""
+    if not (math.isfinite(relative) and math.isfinite(change)):
+        return "CRITICAL"
+    for limit, severity in CHANGE_SEVERITY_STEPS:
+        if relative > limit:
+            return severity
+    return "LOW"
