@@ -2,7 +2,8 @@
 
 Events are pulled on an interval and applied in one batch update; the UI
 never waits on the engine. Commands go out through `source.submit`, and the
-engine's CommandDone answers come back as `EngineAnswered` messages.
+engine's CommandDone answers come back as `EngineAnswered` messages; its
+comparisons reach the change bars that asked for them as `ComparisonAnswered`.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ from textual.screen import Screen
 from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
 from console.console_state import Batch, ConsoleState
 from console.event_source import EventSource, describe, is_readonly
-from console.screens.confirm_quit import ConfirmQuit
 from console.screens.compare_view import CompareView
+from console.screens.confirm import quit_question, restore_question
 from console.screens.help_screen import HelpScreen
 from console.screens.main_screen import MainScreen
-from console.screens.restore_confirm import RestoreConfirm
 from console.screens.save_dialog import SaveDialog
 from console.terminal_watch import EXIT_TERMINAL_LOST, TerminalWatch, terminal_fds
 from console.text import visible
 from console.themes import SEVERITY_VARIABLES, default_theme_name, load_themes
+from console.widgets.change_bars import ChangeBars, ComparisonAnswered
 from engine import commands as cmd
 from engine.events import SEVERITIES, CommandDone, ComparisonReady, EngineState
 
@@ -81,7 +82,6 @@ class RedlineApp(App[int], inherit_bindings=False):
         self.watch_terminal = watch_terminal
         self.exit_reason = ""
         self._pending: dict[int, tuple[float, Callable[[CommandDone], None] | None]] = {}
-        self._comparison_targets: dict[int, Screen] = {}
         self._shutting_down = False
         self.terminal_watch: TerminalWatch | None = None  # stopped by whoever ran the app, after run()
 
@@ -163,7 +163,7 @@ class RedlineApp(App[int], inherit_bindings=False):
         if "progress" in changed:
             main.progress.show(self.state.progress)
         for comparison in batch.comparisons:
-            self._route_comparison(comparison)
+            self._answer_comparison((comparison.checkpoint_a, comparison.checkpoint_b), comparison)
         for done in batch.done:
             self._answered(done)
 
@@ -183,18 +183,15 @@ class RedlineApp(App[int], inherit_bindings=False):
             more = f" (+{len(critical) - 1} more)" if len(critical) > 1 else ""
             self.notify(visible(critical[-1].text) + more, title="CRITICAL", severity="error", timeout=8, markup=False)
 
-    def _route_comparison(self, comparison: ComparisonReady) -> None:
+    def _answer_comparison(self, pair: tuple[str, str], comparison: ComparisonReady | None, refused: str = "") -> None:
+        """Post the answer to every ChangeBars on the open screens; each keeps the one for its own pair."""
         for screen in self.screen_stack:
-            if hasattr(screen, "show_comparison"):
-                screen.show_comparison(comparison)
+            for bars in screen.query(ChangeBars):
+                bars.post_message(ComparisonAnswered(pair, comparison, refused))
 
     def _answered(self, done: CommandDone) -> None:
         sent_at, on_done = self._pending.pop(done.command_id, (None, None))
-        target = self._comparison_targets.pop(done.command_id, None)
-        if target is not None:
-            if not done.ok:
-                target.comparison_refused(done.message or "refused")
-        elif on_done is not None:
+        if on_done is not None:
             on_done(done)
         elif sent_at is not None and not done.ok:
             self.notify(visible(f"{done.command} refused: {done.message}"), severity="error", markup=False)
@@ -215,16 +212,20 @@ class RedlineApp(App[int], inherit_bindings=False):
         self._pending[command_id] = (time.perf_counter(), on_done)
         return command_id
 
-    def request_comparison(self, checkpoint_a: str, checkpoint_b: str, target: Screen) -> None:
-        """Ask the engine to compare; the answer reaches `target`. A known answer is shown at once."""
-        known = self.state.comparisons.get((checkpoint_a, checkpoint_b))
+    def on_change_bars_wanted(self, message: ChangeBars.Wanted) -> None:
+        """Ask the engine to compare the pair; a known answer is shown at once."""
+        pair = message.pair
+        known = self.state.comparisons.get(pair)
         if known is not None:
-            target.show_comparison(known)
-            if checkpoint_b != "current":
+            self._answer_comparison(pair, known)
+            if pair[1] != "current":
                 return  # two saved checkpoints never change: the known answer stands
-        command_id = self.send(cmd.Compare(checkpoint_a=checkpoint_a, checkpoint_b=checkpoint_b))
-        if command_id is not None:
-            self._comparison_targets[command_id] = target
+
+        def refused(done: CommandDone) -> None:
+            if not done.ok:
+                self._answer_comparison(pair, None, done.message or "refused")
+
+        self.send(cmd.Compare(checkpoint_a=pair[0], checkpoint_b=pair[1]), refused)
 
     def _refuse(self, action: str) -> None:
         self.notify(
@@ -288,7 +289,7 @@ class RedlineApp(App[int], inherit_bindings=False):
             if yes:
                 self.send(cmd.Restore(checkpoint_id=info.id), self._restored)
 
-        self.push_screen(RestoreConfirm(info), answered)
+        self.push_screen(restore_question(info), answered)
 
     def _restored(self, done: CommandDone) -> None:
         if done.ok:
@@ -347,7 +348,7 @@ class RedlineApp(App[int], inherit_bindings=False):
                 if yes:
                     self.stop_and_exit(EXIT_OK, "operator quit")
 
-            self.push_screen(ConfirmQuit(), answered)
+            self.push_screen(quit_question(), answered)
         else:
             self.stop_and_exit(EXIT_OK, "operator quit")
 

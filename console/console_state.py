@@ -41,9 +41,7 @@ class ConsoleState:
     def __init__(self) -> None:
         self.engine: ev.EngineStateChanged | None = None
         self.health: ev.HealthSnapshot | None = None
-        self.history: dict[str, deque[float]] = {
-            name: deque(maxlen=HISTORY) for name in ("issues", "nonfinite", "max_abs", "grad", "ppl", "device_mem", "host_mem")
-        }
+        self.history: dict[str, deque[float]] = {}  # gauge name -> its recent values
         self.stream: deque[StreamEntry] = deque(maxlen=MAX_STREAM)
         self.checkpoints: tuple[ev.CheckpointInfo, ...] = ()
         self.disk_usage = 0
@@ -130,14 +128,6 @@ class ConsoleState:
 
     def _apply_health(self, h: ev.HealthSnapshot) -> None:
         self.health = h
-        hist = self.history
-        hist["issues"].append(h.issues)
-        hist["nonfinite"].append(h.nan_count + h.inf_count)
-        hist["max_abs"].append(h.max_abs_weight)
-        if h.grad_norm is not None:
-            hist["grad"].append(h.grad_norm)
-        if h.perplexity is not None:
-            hist["ppl"].append(h.perplexity)
-        if h.device_memory_used is not None:
-            hist["device_mem"].append(h.device_memory_used)
-        hist["host_mem"].append(h.host_memory_used)
+        for gauge in h.gauges:
+            if gauge.value is not None:
+                self.history.setdefault(gauge.name, deque(maxlen=HISTORY)).append(gauge.value)

@@ -3,7 +3,9 @@
 Headless runs write one event per line; reading them back gives the same
 objects the live engine hands the console, so a recording can be replayed.
 Decoding follows the dataclass type hints, so a new event or field in
-engine/events.py needs no change here.
+engine/events.py needs no change here. Records written before the engine
+attached severities to gauges and tensor changes are upgraded on the way in
+(see `upgrade`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import typing
 from typing import Any
 
 from engine import events as ev
+from engine.gauges import health_gauges
+from engine.policy import change_severity
 
 #: every concrete event class by its JSON "event" name
 EVENT_TYPES: dict[str, type[ev.Event]] = {
@@ -35,7 +39,30 @@ def decode_event(record: dict[str, Any]) -> ev.Event | None:
     cls = EVENT_TYPES.get(record["event"])
     if cls is None:
         return None
-    return _build(cls, record)
+    return upgrade(_build(cls, record), record)
+
+
+def upgrade(event: ev.Event, record: dict[str, Any]) -> ev.Event:
+    """`event` with what its older record lacks: a health scan's gauges, each tensor change's severity.
+
+    This is the engine's own policy (engine.gauges, engine.policy, at their
+    default thresholds, since a record does not carry the run's) applied to an
+    old record's fields, exactly as the engine would have sent them; it is not
+    a console decision.
+    """
+    if isinstance(event, ev.HealthSnapshot) and "gauges" not in record:
+        fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+        gauges = health_gauges(fields, perplexity=event.perplexity, baseline_perplexity=event.baseline_perplexity)
+        return dataclasses.replace(event, gauges=gauges)
+    if isinstance(event, ev.ComparisonReady):
+        raw = record.get("differences") or ()
+        differences = tuple(
+            change if "severity" in item else dataclasses.replace(
+                change, severity=change_severity(change.relative, change.change))
+            for change, item in zip(event.differences, raw)
+        )
+        return dataclasses.replace(event, differences=differences)
+    return event
 
 
 def _build(cls: type, record: dict[str, Any]) -> Any:

@@ -1,22 +1,14 @@
-"""Severity levels and their colours, taken from the active theme's variables."""
+"""Colours and text styles for severities, taken from the active theme's variables.
+
+Which severity a value has is the engine's decision (engine.policy); this
+module only says how each severity looks.
+"""
 
 from __future__ import annotations
 
 from rich.style import Style
 from textual.app import App
 from textual.color import Color, ColorParseError
-
-from engine.events import EngineState
-
-STATE_SEVERITY = {
-    EngineState.ERROR: "CRITICAL",
-    EngineState.STOPPING: "CRITICAL",
-    EngineState.RECOVERING: "HIGH",
-    EngineState.PAUSED: "MEDIUM",
-    EngineState.RUNNING: "LOW",
-}
-
-HEALTH_SEVERITY = {"CRITICAL": "CRITICAL", "WARNING": "MEDIUM", "OK": "INFO"}
 
 
 def severity_colour(app: App, severity: str) -> Color:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from engine import emergency
+from engine import emergency, policy
 from engine.commands import (
     Command,
     Compare,
@@ -55,6 +55,7 @@ from engine.events import (
 )
 from engine.experiment_context import DEMO, ExperimentContext, ExperimentLoadError, last_frame_in, load_experiment
 from engine.fsutil import secure_mkdir
+from engine.gauges import health_gauges
 from engine.run_dir_watch import RunDirWatcher
 from engine.stop import EMERGENCY, SHUTDOWN, EmergencyStopRequested, StopSupervisor, install_stop_hooks, remove_hooks
 
@@ -486,7 +487,8 @@ class EngineCore:
             report = self.checkpoints.compare_checkpoints(command.checkpoint_a, command.checkpoint_b)
             other = command.checkpoint_b
         differences = tuple(
-            TensorChange(layer=d["layer"], change=float(d["change"]), relative=float(d.get("relative", 0.0)))
+            TensorChange(layer=d["layer"], change=float(d["change"]), relative=float(d.get("relative", 0.0)),
+                         severity=policy.change_severity(float(d.get("relative", 0.0)), float(d["change"])))
             for d in report["differences"][:MAX_DIFFERENCES]
         )
         self.publish(ComparisonReady(checkpoint_a=command.checkpoint_a, checkpoint_b=other,
@@ -645,6 +647,7 @@ class EngineCore:
 
     def publish_health(self, result: dict) -> None:
         baseline = self.baseline_metrics.get("perplexity") if self.baseline_metrics else None
+        baseline = float(baseline) if baseline is not None else None
         self.publish(
             HealthSnapshot(
                 status=str(result.get("status", "OK")),
@@ -653,7 +656,7 @@ class EngineCore:
                 max_abs_weight=float(result.get("max_abs_weight") or 0.0),
                 grad_norm=result.get("grad_norm"),
                 perplexity=self.last_perplexity,
-                baseline_perplexity=float(baseline) if baseline is not None else None,
+                baseline_perplexity=baseline,
                 device_memory_used=result.get("device_memory_used"),
                 device_memory_total=result.get("device_memory_total"),
                 host_memory_used=int(result.get("host_memory_used") or 0),
@@ -661,6 +664,8 @@ class EngineCore:
                 issues=len(result.get("issues") or ()),
                 scan_ms=float(result.get("scan_seconds") or 0.0) * 1000.0,
                 step=self.step,
+                gauges=health_gauges(result, perplexity=self.last_perplexity, baseline_perplexity=baseline,
+                                     thresholds=self.safety.thresholds),
             )
         )
 

@@ -17,9 +17,13 @@ from engine.units import human_bytes, number
 
 def health_gauges(result: Mapping[str, Any], *, perplexity: float | None, baseline_perplexity: float | None,
                   thresholds: Mapping[str, float] | None = None) -> tuple[Gauge, ...]:
-    """Gauges for a `SafetyMonitor.check_model_health` result and the latest perplexity."""
+    """Gauges for a `SafetyMonitor.check_model_health` result and the latest perplexity.
+
+    `result` may also be a HealthSnapshot's fields (same names; "issues" is then a count).
+    """
     status = str(result.get("status", "OK"))
-    issues = len(result.get("issues") or ())
+    issues = result.get("issues") or 0
+    issues = issues if isinstance(issues, int) else len(issues)
     nan = int(result.get("nan_count") or 0)
     inf = int(result.get("inf_count") or 0)
     max_abs = float(result.get("max_abs_weight") or 0.0)

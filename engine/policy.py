@@ -81,6 +81,9 @@ STATE_SEVERITY = {
     "running": "LOW",
 }
 
+#: how a checkpoint is shown by the "state" its metadata records; other states show plain
+CHECKPOINT_STATE_SEVERITY = {"forensic": "HIGH", "emergency": "HIGH", "baseline": "LOW"}
+
 
 def status_severity(status: str) -> str:
     """The severity a check status is shown with; an unknown status shows as HIGH."""

@@ -32,7 +32,8 @@ from engine.activation_monitor import ActivationMonitor
 from engine.alert_journal import append_alert
 from engine.fsutil import secure_mkdir
 from engine.health_scan import ScanResult, scan_model, scan_tensors
-from engine.severity import Severity, status_for
+from engine import policy
+from engine.policy import Severity, default_thresholds, status_for, validate_threshold
 
 log = logging.getLogger("redline.safety")
 log.addHandler(logging.NullHandler())  # no stderr fallback: a full-screen console owns the terminal
@@ -41,19 +42,11 @@ ALERT_JOURNAL = "alerts.jsonl"
 MAX_ISSUES_PER_CHECK_KIND = 10  # beyond this many tensors with the same problem, one summary issue
 ALERT_HISTORY_LIMIT = 100_000  # in memory; the journal keeps everything
 
-# name -> (default, lower bound, upper bound or None, integer?, what it means)
-_THRESHOLDS: dict[str, tuple[float, float, float | None, bool, str]] = {
-    "nan_tolerance": (0, 0, None, True, "NaN values a check tolerates before CRITICAL"),
-    "inf_tolerance": (0, 0, None, True, "Inf values a check tolerates before CRITICAL"),
-    "max_weight_value": (100.0, 0, None, False, "largest |weight| before HIGH"),
-    "gradient_clip": (10.0, 0, None, False, "total gradient L2 norm before HIGH"),
-    "device_memory_fraction": (0.90, 0, 1, False, "accelerator memory used fraction before HIGH"),
-    "host_memory_fraction": (0.90, 0, 1, False, "machine RAM used fraction before HIGH"),
-    "activation_spike_factor": (10.0, 1, None, False, "max|activation| over its baseline before HIGH"),
-    "activation_warmup": (3, 0, None, True, "forward calls before activation baselines are trusted"),
-    "perplexity_drift": (0.05, 0, None, False, "relative perplexity rise reported as LOW"),
-    "perplexity_warning": (0.20, 0, None, False, "relative perplexity rise before HIGH"),
-    "perplexity_critical": (0.50, 0, None, False, "relative perplexity rise before CRITICAL (rollback)"),
+#: which threshold a perplexity issue of each severity crossed, and how its message ends
+_PERPLEXITY_RULES = {
+    "CRITICAL": ("perplexity_critical", "above +{limit:.0%}, roll back"),
+    "HIGH": ("perplexity_warning", "above +{limit:.0%}"),
+    "LOW": ("perplexity_drift", "drifting"),
 }
 
 
@@ -90,6 +83,11 @@ def _summary(issues: list[dict]) -> str:
     return head if len(ranked) <= 2 else f"{head} (+{len(ranked) - 2} more)"
 
 
+def _beyond_tolerance(nonfinite_severity: str) -> str:
+    """A tensor's NaN/Inf issue: CRITICAL once the run's count exceeds its tolerance, MEDIUM while within it."""
+    return "CRITICAL" if nonfinite_severity == "CRITICAL" else "MEDIUM"
+
+
 def _capped(issues: list[dict], source: str, check: str, noun: str) -> list[dict]:
     """Keep the first few per-tensor issues of one kind and summarise the rest in one issue."""
     if len(issues) <= MAX_ISSUES_PER_CHECK_KIND:
@@ -104,7 +102,7 @@ class SafetyMonitor:
     """Health checks with thresholds, deduplicated alerts, an alert journal and an emergency callback."""
 
     def __init__(self, run_dir: str | Path | None = None):
-        self.thresholds: dict[str, float] = {name: spec[0] for name, spec in _THRESHOLDS.items()}
+        self.thresholds: dict[str, float] = default_thresholds()
         self.journal_path: Path | None = None
         if run_dir is not None:
             self.journal_path = secure_mkdir(run_dir) / ALERT_JOURNAL
@@ -121,21 +119,8 @@ class SafetyMonitor:
     # -- configuration -------------------------------------------------------------------------
 
     def set_threshold(self, name: str, value: float) -> None:
-        """Set a named threshold; unknown names and out-of-range values raise ValueError."""
-        if name not in _THRESHOLDS:
-            known = "\n".join(f"  {n} (default {s[0]}): {s[4]}" for n, s in _THRESHOLDS.items())
-            raise ValueError(f"unknown threshold {name!r}; known thresholds:\n{known}")
-        _, low, high, integer, meaning = _THRESHOLDS[name]
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise ValueError(f"threshold {name!r} ({meaning}) must be a number, got {value!r}")
-        value = float(value)
-        if math.isnan(value) or value < low or (high is not None and value > high):
-            bounds = f">= {low}" if high is None else f"between {low} and {high}"
-            raise ValueError(f"threshold {name!r} ({meaning}) must be {bounds}, got {value!r}")
-        if integer and math.isfinite(value):
-            if not value.is_integer():
-                raise ValueError(f"threshold {name!r} ({meaning}) must be a whole number, got {value!r}")
-            value = int(value)
+        """Set a named threshold; unknown names and out-of-range values raise ValueError (engine.policy)."""
+        value = validate_threshold(name, value)
         with self._lock:
             self.thresholds[name] = value
 
@@ -237,19 +222,15 @@ class SafetyMonitor:
         if isinstance(perplexity, bool) or not isinstance(perplexity, Real):
             raise ValueError(f"perplexity must be a number, got {perplexity!r}")
         perplexity, baseline = float(perplexity), float(baseline)
-        change = perplexity / baseline - 1.0 if math.isfinite(perplexity) else math.inf
+        change = policy.perplexity_change(perplexity, baseline)
         t = self.thresholds
-        text = f"perplexity {perplexity:.4g} vs baseline {baseline:.4g} ({change:+.1%})"
+        severity = policy.perplexity_severity(perplexity, baseline, t)
         issues = []
-        if math.isnan(perplexity) or change > t["perplexity_critical"]:
-            issues.append(_issue("CRITICAL", "perplexity", "perplexity", f"{text}: above +{t['perplexity_critical']:.0%}, roll back",
-                                 value=perplexity, baseline=baseline, change=change, threshold=t["perplexity_critical"]))
-        elif change > t["perplexity_warning"]:
-            issues.append(_issue("HIGH", "perplexity", "perplexity", f"{text}: above +{t['perplexity_warning']:.0%}",
-                                 value=perplexity, baseline=baseline, change=change, threshold=t["perplexity_warning"]))
-        elif change > t["perplexity_drift"]:
-            issues.append(_issue("LOW", "perplexity", "perplexity", f"{text}: drifting",
-                                 value=perplexity, baseline=baseline, change=change, threshold=t["perplexity_drift"]))
+        if severity in _PERPLEXITY_RULES:
+            threshold, verdict = _PERPLEXITY_RULES[severity]
+            text = f"perplexity {perplexity:.4g} vs baseline {baseline:.4g} ({change:+.1%})"
+            issues.append(_issue(severity, "perplexity", "perplexity", f"{text}: {verdict.format(limit=t[threshold])}",
+                                 value=perplexity, baseline=baseline, change=change, threshold=t[threshold]))
         result = {
             "status": status_for(i["severity"] for i in issues),
             "message": _summary(issues),
@@ -306,14 +287,14 @@ class SafetyMonitor:
         for s in scan.weights:
             label = s.name + (f" (also {', '.join(s.aliases)})" if s.aliases else "")
             if s.nan_count:
-                sev = "CRITICAL" if nan_total > t["nan_tolerance"] else "MEDIUM"
+                sev = _beyond_tolerance(policy.nonfinite_severity(nan_total, 0, t))
                 nans.append(_issue(sev, "weights", "nan", f"{s.nan_count} NaN values in {label}", s.name,
                                    count=s.nan_count, aliases=list(s.aliases)))
             if s.inf_count:
-                sev = "CRITICAL" if inf_total > t["inf_tolerance"] else "MEDIUM"
+                sev = _beyond_tolerance(policy.nonfinite_severity(0, inf_total, t))
                 infs.append(_issue(sev, "weights", "inf", f"{s.inf_count} Inf values in {label}", s.name,
                                    count=s.inf_count, aliases=list(s.aliases)))
-            if s.finite_max_abs > t["max_weight_value"]:
+            if policy.max_weight_severity(s.finite_max_abs, t) != "INFO":
                 big.append(_issue("HIGH", "weights", "max_weight_value",
                                   f"|w| up to {s.finite_max_abs:.4g} in {label} exceeds max_weight_value "
                                   f"{t['max_weight_value']:g}",
@@ -330,11 +311,11 @@ class SafetyMonitor:
         bad, dead = [], []
         for g in scan.grads:
             if g.nan_count:
-                sev = "CRITICAL" if nan_total > t["nan_tolerance"] else "MEDIUM"
+                sev = _beyond_tolerance(policy.nonfinite_severity(nan_total, 0, t))
                 bad.append(_issue(sev, "gradients", "grad_nan", f"{g.nan_count} NaN values in the gradient of {g.name}",
                                   g.name, count=g.nan_count))
             if g.inf_count:
-                sev = "CRITICAL" if inf_total > t["inf_tolerance"] else "MEDIUM"
+                sev = _beyond_tolerance(policy.nonfinite_severity(0, inf_total, t))
                 bad.append(_issue(sev, "gradients", "grad_inf", f"{g.inf_count} Inf values in the gradient of {g.name}",
                                   g.name, count=g.inf_count))
             if g.is_zero:
@@ -347,7 +328,7 @@ class SafetyMonitor:
         else:
             issues += _capped(dead, "gradients", "dead_gradient", "all-zero gradients")
         norm = scan.grad_norm
-        if norm is not None and not (nan_total or inf_total) and norm > t["gradient_clip"]:
+        if not (nan_total or inf_total) and policy.gradient_severity(norm, t) != "INFO":
             issues.append(_issue("HIGH", "gradients", "gradient_clip",
                                  f"gradient norm {norm:.4g} exceeds gradient_clip {t['gradient_clip']:g} (explosion)",
                                  value=norm, threshold=t["gradient_clip"]))
@@ -365,14 +346,14 @@ class SafetyMonitor:
                 used = total - free
                 dev_used += used
                 dev_total += total
-                if total and used / total > t["device_memory_fraction"]:
+                if policy.memory_severity(used, total, "device_memory_fraction", t) != "INFO":
                     issues.append(_issue("HIGH", "memory", "device_memory",
                                          f"{device} memory {used / total:.0%} used ({used / 2**30:.1f} of "
                                          f"{total / 2**30:.1f} GiB) exceeds {t['device_memory_fraction']:.0%}",
                                          str(device), value=used / total, threshold=t["device_memory_fraction"]))
         vm = psutil.virtual_memory()
         host_fraction = (vm.total - vm.available) / vm.total if vm.total else 0.0
-        if host_fraction > t["host_memory_fraction"]:
+        if policy.memory_severity(vm.total - vm.available, vm.total, "host_memory_fraction", t) != "INFO":
             issues.append(_issue("HIGH", "memory", "host_memory",
                                  f"host memory {host_fraction:.0%} used ({(vm.total - vm.available) / 2**30:.1f} of "
                                  f"{vm.total / 2**30:.1f} GiB) exceeds {t['host_memory_fraction']:.0%}",
@@ -425,7 +406,7 @@ class SafetyMonitor:
         with self._lock:
             self._alerts.append(alert)
             listeners = list(self._listeners)
-        log.log(_LOG_LEVELS[alert["severity"]], "[%s] %s: %s", alert["source"], alert["severity"], alert["message"])
+        log.log(Severity.parse(alert["severity"]).log_level, "[%s] %s: %s", alert["source"], alert["severity"], alert["message"])
         if self.journal_path is not None:
             try:
                 append_alert(self.journal_path, _json_safe(alert))
@@ -449,11 +430,3 @@ def _json_safe(value):
         return [_json_safe(v) for v in value]
     return value
 
-
-_LOG_LEVELS = {
-    "CRITICAL": logging.CRITICAL,
-    "HIGH": logging.ERROR,
-    "MEDIUM": logging.WARNING,
-    "LOW": logging.INFO,
-    "INFO": logging.DEBUG,
-}

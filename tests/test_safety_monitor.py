@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine.safety_monitor import SafetyMonitor
-from engine.severity import Severity, status_for
+from engine.policy import Severity, status_for
 from tests.conftest import make_tiny_qwen2
 
 IDS = torch.tensor([[1, 5, 9, 17, 33, 65, 129, 257]])

@@ -8,12 +8,11 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label
 
-from console.screens.awaits_comparison import AwaitsComparison
 from console.text import visible
 from console.widgets.change_bars import ChangeBars
 
 
-class CompareView(AwaitsComparison, ModalScreen[None]):
+class CompareView(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,d", "close", "Close", tooltip="Back to the console")]
     DEFAULT_CSS = """
     CompareView { align: center middle; }
@@ -31,11 +30,8 @@ class CompareView(AwaitsComparison, ModalScreen[None]):
         with Vertical():
             yield Label(f"baseline {visible(baseline)}  →  {visible(selected)}", classes="title", markup=False)
             with VerticalScroll():
-                yield ChangeBars(limit=30)
+                yield ChangeBars(self.comparison_pair, limit=30)
             yield Label("Esc closes", classes="dim")
-
-    def on_mount(self) -> None:
-        self.app.request_comparison(*self.comparison_pair, self)
 
     def action_close(self) -> None:
         self.dismiss(None)

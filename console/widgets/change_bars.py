@@ -1,10 +1,17 @@
-"""The most-changed tensors between two states, drawn as horizontal bars."""
+"""The most-changed tensors between two states, drawn as horizontal bars.
+
+A ChangeBars shows one pair of states: on mount it asks for their comparison
+(a bubbling `ChangeBars.Wanted`), and the app answers with a
+`ComparisonAnswered` message when the engine's ComparisonReady (or its refusal)
+arrives.
+"""
 
 from __future__ import annotations
 
 import math
 
 from rich.text import Text
+from textual.message import Message
 from textual.widget import Widget
 
 from console.formatting import number
@@ -13,18 +20,47 @@ from console.text import shorten, visible
 from engine.events import ComparisonReady
 
 
+class ComparisonAnswered(Message, bubble=False):
+    """The engine's answer for one pair: the comparison, or why there is none."""
+
+    def __init__(self, pair: tuple[str, str], comparison: ComparisonReady | None, refused: str = "") -> None:
+        super().__init__()
+        self.pair = pair
+        self.comparison = comparison
+        self.refused = refused
+
+
 class ChangeBars(Widget):
-    """Bars scaled to the largest change; the relative change decides the colour."""
+    """Bars scaled to the largest change, coloured by the severity the engine gave each change."""
 
     DEFAULT_CSS = """
     ChangeBars { height: auto; width: 1fr; }
     """
 
-    def __init__(self, *, limit: int = 12, id: str | None = None) -> None:
+    class Wanted(Message):
+        """The comparison of `pair` (checkpoint ids, or "current" for the live model) is needed."""
+
+        def __init__(self, pair: tuple[str, str]) -> None:
+            super().__init__()
+            self.pair = pair
+
+    def __init__(self, pair: tuple[str, str], *, limit: int = 12, id: str | None = None) -> None:
         super().__init__(id=id)
+        self.pair = pair
         self.limit = limit
         self.comparison: ComparisonReady | None = None
         self.note = "waiting for the engine's comparison…"
+
+    def on_mount(self) -> None:
+        self.post_message(self.Wanted(self.pair))
+
+    def on_comparison_answered(self, message: ComparisonAnswered) -> None:
+        if message.pair != self.pair:
+            return
+        if message.comparison is not None:
+            self.show(message.comparison)
+        elif self.comparison is None:
+            self.show_note(f"no comparison: {message.refused}")
 
     def show(self, comparison: ComparisonReady) -> None:
         self.comparison = comparison
@@ -56,9 +92,8 @@ class ChangeBars(Widget):
             finite = math.isfinite(r.change) and math.isfinite(r.relative)
             fraction = r.change / largest if finite else 1.0
             filled = max(1, round(fraction * bar_width)) if r.change else 0
-            sev = "CRITICAL" if not finite or r.relative > 0.5 else "HIGH" if r.relative > 0.1 else "MEDIUM" if r.relative > 0.01 else "LOW"
             text.append(f"\n{shorten(visible(r.layer), name_width):<{name_width}} ")
-            text.append("█" * filled, severity_style(self.app, sev))
+            text.append("█" * filled, severity_style(self.app, r.severity))
             text.append(" " * (bar_width - filled))
             text.append(f" {number(r.change):>8} {r.relative:>7.1%}")
         return text

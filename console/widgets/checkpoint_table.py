@@ -15,9 +15,9 @@ from console.formatting import human_bytes
 from console.severity import severity_style
 from console.text import shorten, visible
 from engine.events import CheckpointInfo
+from engine.policy import CHECKPOINT_STATE_SEVERITY
 
 _ID = re.compile(r"^checkpoint_\d{8}_\d{6}_([0-9a-f]{8})$")
-STATE_SEVERITY = {"forensic": "HIGH", "baseline": "LOW", "emergency": "HIGH"}
 
 
 def short_id(checkpoint_id: str) -> str:
@@ -62,7 +62,8 @@ class CheckpointTable(DataTable):
         self.show(shown)
 
     def _cells(self, info: CheckpointInfo) -> tuple[Text | str, ...]:
-        state_style = severity_style(self.app, STATE_SEVERITY[info.state]) if info.state in STATE_SEVERITY else ""
+        severity = CHECKPOINT_STATE_SEVERITY.get(info.state)
+        state_style = severity_style(self.app, severity) if severity else ""
         verified = {True: Text("yes"), False: Text("FAILED", severity_style(self.app, "CRITICAL")), None: Text("–")}[
             info.verified
         ]

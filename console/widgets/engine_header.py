@@ -7,8 +7,9 @@ from textual.widgets import Static
 
 from console.console_state import ConsoleState
 from console.formatting import duration
-from console.severity import HEALTH_SEVERITY, STATE_SEVERITY, severity_style
+from console.severity import severity_style
 from console.text import visible
+from engine.policy import STATE_SEVERITY, status_severity
 
 
 class EngineHeader(Static):
@@ -20,12 +21,12 @@ class EngineHeader(Static):
         app = self.app
         text = Text(no_wrap=True, overflow="ellipsis")
         engine_state = state.engine_state
-        text.append(f" {engine_state.value.upper()} ", severity_style(app, STATE_SEVERITY.get(engine_state, "INFO"), badge=True))
+        text.append(f" {engine_state.value.upper()} ", severity_style(app, STATE_SEVERITY.get(engine_state.value, "INFO"), badge=True))
         if readonly:
             text.append(" READ-ONLY ", "reverse bold")
         if state.health is not None:
             text.append(" ")
-            text.append(f" {state.health.status} ", severity_style(app, HEALTH_SEVERITY.get(state.health.status, "HIGH"), badge=True))
+            text.append(f" {state.health.status} ", severity_style(app, status_severity(state.health.status), badge=True))
         info = state.engine
         if info is not None:
             text.append(f" {visible(info.model) or '…'}", "bold")

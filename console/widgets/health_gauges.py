@@ -1,27 +1,37 @@
-"""Health gauges: status, NaN/Inf, max|w|, gradient norm, perplexity, memory; each with a sparkline."""
+"""Health gauges: one row per gauge the engine sends, in its order, each with a sparkline.
+
+The engine builds the gauges (engine.gauges) and gives each its severity
+(engine.policy); this widget draws whatever arrives, so a new gauge needs no
+change here.
+"""
 
 from __future__ import annotations
 
 from rich.text import Text
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, Sparkline, Static
 
 from console.console_state import ConsoleState
-from console.formatting import human_bytes, number
-from console.severity import HEALTH_SEVERITY, severity_style
-from engine.events import HealthSnapshot
+from console.severity import severity_style
+from console.text import visible
+from engine.events import Gauge
 
-#: (row id, label, history key)
-GAUGES = (
-    ("status", "status", "issues"),
-    ("nonfinite", "NaN/Inf", "nonfinite"),
-    ("max_abs", "max|w|", "max_abs"),
-    ("grad", "grad norm", "grad"),
-    ("ppl", "perplexity", "ppl"),
-    ("device_mem", "device mem", "device_mem"),
-    ("host_mem", "host mem", "host_mem"),
-)
+BADGE_GAUGES = frozenset({"status"})  # drawn as a coloured badge, like the header's status
+
+
+def gauge_text(app: App, gauge: Gauge) -> Text:
+    """The value in its severity's colour (plain when INFO), then the note in that colour."""
+    if gauge.name in BADGE_GAUGES:
+        head, _, rest = visible(gauge.text).partition(" ")
+        text = Text(f" {head} ", severity_style(app, gauge.severity, badge=True))
+        if rest:
+            text.append(f" {rest}")
+    else:
+        text = Text(visible(gauge.text), severity_style(app, gauge.severity) if gauge.severity != "INFO" else "")
+    if gauge.note:
+        text.append(f" {visible(gauge.note)}", severity_style(app, gauge.severity))
+    return text
 
 
 class GaugeRow(Horizontal):
@@ -32,18 +42,22 @@ class GaugeRow(Horizontal):
     GaugeRow > Sparkline { width: 1fr; height: 1; }
     """
 
-    def __init__(self, row_id: str, label: str) -> None:
-        super().__init__(id=f"gauge-{row_id}")
-        self.label = label
+    def __init__(self) -> None:
+        """The parts are made here so a row can be filled before it is mounted."""
+        super().__init__()
+        self.label = Label("", classes="gauge-label", markup=False)
+        self.value = Static("—", classes="gauge-value")
+        self.sparkline = Sparkline([], summary_function=max)
 
     def compose(self) -> ComposeResult:
-        yield Label(self.label, classes="gauge-label")
-        yield Static("—", classes="gauge-value")
-        yield Sparkline([], summary_function=max)
+        yield self.label
+        yield self.value
+        yield self.sparkline
 
-    def show(self, value: Text | str, history: list[float]) -> None:
-        self.query_one(".gauge-value", Static).update(value)
-        self.query_one(Sparkline).data = history
+    def show(self, label: str, value: Text, history: list[float]) -> None:
+        self.label.update(label)
+        self.value.update(value)
+        self.sparkline.data = history
 
 
 class HealthGauges(Vertical):
@@ -51,42 +65,19 @@ class HealthGauges(Vertical):
     HealthGauges { height: auto; }
     """
 
-    def compose(self) -> ComposeResult:
-        for row_id, label, _ in GAUGES:
-            yield GaugeRow(row_id, label)
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.rows: list[GaugeRow] = []
 
     def show(self, state: ConsoleState) -> None:
-        h = state.health
-        if h is None:
+        if state.health is None:
             return
-        values = self._values(h)
-        for row_id, _, history_key in GAUGES:
-            row = self.query_one(f"#gauge-{row_id}", GaugeRow)
-            row.show(values[row_id], list(state.history[history_key]))
-
-    def _values(self, h: HealthSnapshot) -> dict[str, Text | str]:
-        app = self.app
-        status = Text(f" {h.status} ", severity_style(app, HEALTH_SEVERITY.get(h.status, "HIGH"), badge=True))
-        status.append(f" {h.issues} issue{'s' if h.issues != 1 else ''}")
-        nonfinite = Text(f"{h.nan_count} NaN  {h.inf_count} Inf")
-        if h.nan_count or h.inf_count:
-            nonfinite.stylize(severity_style(app, "CRITICAL"))
-        ppl = Text(number(h.perplexity))
-        if h.perplexity is not None and h.baseline_perplexity:
-            change = h.perplexity / h.baseline_perplexity - 1.0
-            sev = "CRITICAL" if change > 0.5 else "MEDIUM" if change > 0.1 else "INFO"
-            ppl.append(f" ({change:+.0%} vs {number(h.baseline_perplexity)})", severity_style(app, sev))
-        if h.device_memory_used is None:
-            device = "n/a (no GPU)"
-        else:
-            device = f"{human_bytes(h.device_memory_used)} / {human_bytes(h.device_memory_total)}"
-        host = f"{human_bytes(h.host_memory_used)} / {human_bytes(h.host_memory_total)}"
-        return {
-            "status": status,
-            "nonfinite": nonfinite,
-            "max_abs": number(h.max_abs_weight),
-            "grad": number(h.grad_norm),
-            "ppl": ppl,
-            "device_mem": device,
-            "host_mem": host,
-        }
+        gauges = state.health.gauges
+        if len(self.rows) < len(gauges):
+            added = [GaugeRow() for _ in range(len(gauges) - len(self.rows))]
+            self.rows += added
+            self.mount_all(added)
+        while len(self.rows) > len(gauges):
+            self.rows.pop().remove()
+        for row, gauge in zip(self.rows, gauges):
+            row.show(visible(gauge.label), gauge_text(self.app, gauge), list(state.history.get(gauge.name, ())))

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from console.app import EngineAnswered, RedlineApp
-from console.screens.confirm_quit import ConfirmQuit
-from console.screens.restore_confirm import RestoreConfirm
+from console.screens.confirm import ConfirmScreen
 from console.screens.save_dialog import SaveDialog
 from console.widgets.change_bars import ChangeBars
 from console.widgets.checkpoint_table import CheckpointTable
@@ -76,6 +75,9 @@ async def test_save_then_restore_returns_the_model_to_the_saved_state(tmp_path, 
     hook = lambda m: answers.append(m.done) if isinstance(m, EngineAnswered) else None  # noqa: E731
     async with app.run_test(size=WIDE, message_hook=hook) as pilot:
         await until(pilot, lambda: app.state.engine_state is EngineState.IDLE and app.state.checkpoints, "the engine")
+        await until(pilot, lambda: app.main.gauges.rows, "the health gauges")
+        labels = [str(row.label.render()) for row in app.main.gauges.rows]
+        assert {"status", "NaN/Inf", "max|w|", "perplexity"} <= set(labels)
         weight = engine.core.model.model.layers[0].mlp.down_proj.weight
         saved_weight = weight.detach().clone()
 
@@ -95,12 +97,12 @@ async def test_save_then_restore_returns_the_model_to_the_saved_state(tmp_path, 
         table.focus()
         table.move_cursor(row=row_of(app, "before tripling"))
         await pilot.press("R")
-        assert isinstance(app.screen, RestoreConfirm)
+        assert isinstance(app.screen, ConfirmScreen)
         bars = app.screen.query_one(ChangeBars)
         await until(pilot, lambda: bars.comparison is not None, "the comparison")
         assert "model.layers.0.mlp.down_proj.weight" in [d.layer for d in bars.comparison.differences]
         await pilot.press("enter")  # the focused button is Cancel: the default is No
-        assert not isinstance(app.screen, RestoreConfirm)
+        assert not isinstance(app.screen, ConfirmScreen)
         await pilot.pause(0.3)
         assert not any(d.command == "restore" for d in answers) and torch.equal(weight, saved_weight * 3)
 
@@ -141,9 +143,9 @@ async def test_emergency_stop_halts_and_rolls_back_and_quit_asks_first(tmp_path,
         await until(pilot, lambda: app.state.engine_state is EngineState.RUNNING, "the resume")
 
         await pilot.press("q")  # an experiment runs: ask first, default No
-        assert isinstance(app.screen, ConfirmQuit)
+        assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
-        assert engine.is_alive() and not isinstance(app.screen, ConfirmQuit)
+        assert engine.is_alive() and not isinstance(app.screen, ConfirmScreen)
 
         await pilot.press("ctrl+x")
         await until(pilot, lambda: engine.outcome is not None and app.state.engine_state is EngineState.IDLE,

@@ -44,6 +44,8 @@ SAMPLES = [
     ev.ExperimentStep("demo", 4, "n"),
     ev.LogLine("text"),
     ev.CommandDone(3, "save", True, "", "checkpoint_x"),
+    ev.RunOutcome("finished", "demo", 3, "done"),
+    ev.HealthSnapshot("OK", gauges=(ev.Gauge("ppl", "perplexity", "12.6", "LOW", 12.6, "(+7% vs 11.8)"),)),
 ]
 
 
