@@ -87,13 +87,33 @@ class ExperimentRunner:
         self.paused = False
 
     # -- what the experiment sees (ExperimentHost) ------------------------------------------------
-    model = property(lambda self: self._core.model)
-    tokenizer = property(lambda self: self._core.tokenizer)
-    checkpoints = property(lambda self: self._core.checkpoints)
-    safety = property(lambda self: self._core.safety)
-    memory = property(lambda self: self._core.memory)
-    inspector = property(lambda self: self._core.inspector)
-    device = property(lambda self: self._core.device)
+    @property
+    def model(self) -> Any:
+        return self._core.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._core.tokenizer
+
+    @property
+    def checkpoints(self) -> Any:
+        return self._core.checkpoints
+
+    @property
+    def safety(self) -> Any:
+        return self._core.safety
+
+    @property
+    def memory(self) -> Any:
+        return self._core.memory
+
+    @property
+    def inspector(self) -> Any:
+        return self._core.inspector
+
+    @property
+    def device(self) -> Any:
+        return self._core.device
 
     # -- scheduling ------------------------------------------------------------------------------
     def queue(self, path: str | None, delay: float) -> str | None:
