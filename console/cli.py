@@ -103,7 +103,7 @@ def replay_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"]:
-        from engine.headless import main as headless_main
+        from engine.runtime.headless import main as headless_main
 
         return headless_main(argv[1:])
     if argv[:1] == ["replay"]:

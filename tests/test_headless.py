@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.headless import build_parser
-from engine.headless import main as headless_main
+from engine.runtime.headless import build_parser
+from engine.runtime.headless import main as headless_main
 from tests.engine_harness import tiny_model_dir, write_experiment  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ LOOP = """
 
 def _headless(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "engine.headless", "--headless", *args], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "engine.runtime.headless", "--headless", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -24,7 +24,8 @@ from typing import TextIO
 
 from engine.commands import Shutdown
 from engine.events import EngineState
-from engine.runtime import (
+from engine.runtime.engine import Engine, EngineConfig
+from engine.runtime.outcomes import (
     OUTCOME_FAILED,
     OUTCOME_FINISHED,
     OUTCOME_LOAD_ERROR,
@@ -32,8 +33,6 @@ from engine.runtime import (
     OUTCOME_ROLLED_BACK,
     OUTCOME_STOPPED,
     OUTCOME_UNRECOVERED,
-    Engine,
-    EngineConfig,
 )
 
 EXIT_OK = 0
