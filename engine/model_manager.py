@@ -5,8 +5,8 @@ cache, weights are read only from safetensors (a pickled pytorch_model.bin is
 refused, never unpickled), and no remote code runs. When a model cannot be
 found, the error is one paragraph that says what was looked for and how to get
 it; finding the directory is engine.model_source's job, shared with the
-console's command line. torch and transformers are imported on first use, so importing this module
-(for ModelLoadError, say) stays cheap and torch-free.
+console's command line. torch and transformers are imported on first use, so
+importing this module (for ModelLoadError, say) stays cheap and torch-free.
 """
 
 from __future__ import annotations
