@@ -32,6 +32,7 @@ from engine.corpus import corpus_text
 from engine.fsutil import FILE_MODE, TEMP_PREFIX, fsync_dir, secure_mkdir
 from engine.paths import cache_dir
 from engine.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE, byte_tokenizer
+from engine.transformers_progress import quiet_transformers_progress
 
 DEMO_NAME = "demo"
 DEMO_VERSION = "1"  # bump when the architecture, the data or the training recipe changes
@@ -194,8 +195,6 @@ def is_complete(model_dir: Path) -> bool:
 
 def save_demo_model(model, tokenizer, report: dict[str, Any], directory: Path) -> None:
     """Write model (safetensors), tokenizer and report into `directory`; files 0600, synced."""
-    from engine.model_manager import quiet_transformers_progress
-
     with quiet_transformers_progress():
         model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
