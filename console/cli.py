@@ -135,8 +135,6 @@ def _console(args: argparse.Namespace) -> int:
         return _fail(problem)
     from engine.runtime import Engine, EngineConfig
 
-    # Passed only when given: EngineConfig.tokenizer arrives with the engine's wiring of ModelManager(tokenizer=...).
-    tokenizer = {"tokenizer": str(args.tokenizer)} if args.tokenizer is not None else {}
     config = EngineConfig(
         model=args.model,
         experiment=None if experiment == "none" else experiment,
@@ -146,7 +144,7 @@ def _console(args: argparse.Namespace) -> int:
         readonly=args.readonly,
         forensic_checkpoints=not args.no_forensic,
         threads=engine_threads(),
-        **tokenizer,
+        tokenizer=str(args.tokenizer) if args.tokenizer is not None else None,
     )
     return run_console(Engine(config), args)
 

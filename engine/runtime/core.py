@@ -243,7 +243,7 @@ class EngineCore:
         self.set_state(EngineState.LOADING, f"loading {config.model}")
         try:
             self.manager = ModelManager(config.model, device=config.device, dtype=config.dtype,
-                                        progress=self.progress_callback("model"))
+                                        tokenizer=config.tokenizer, progress=self.progress_callback("model"))
             loaded = self.manager.load_model()
         except ValueError as exc:  # a nonsense device or dtype
             self.manager, loaded = None, False
@@ -271,19 +271,26 @@ class EngineCore:
         elif checkpoint_dir.is_dir():
             self.checkpoints = CheckpointManager(self.model, checkpoint_dir, memory_snapshot=False)
         health = self.health.scan()
-        bench = self.progress_callback("benchmark")
-        bench(0, 1, "measuring baseline perplexity")
-        self.health.measure_baseline()
-        perplexity = self.health.last_perplexity
-        bench(1, 1, f"baseline perplexity {perplexity:.3f}")
+        perplexity = None
+        if self.tokenizer is None:
+            self.alert("MEDIUM", f"Perplexity is off: {self.manager.tokenizer_note or 'the model has no tokenizer'} "
+                                 "Scans, checkpoints and rollback work as usual.")
+        else:
+            bench = self.progress_callback("benchmark")
+            bench(0, 1, "measuring baseline perplexity")
+            self.health.measure_baseline()
+            perplexity = self.health.last_perplexity
+            bench(1, 1, f"baseline perplexity {perplexity:.3f}")
         if not readonly:
-            save_baseline_metrics(self.health.baseline_metrics, self.run_dir / "baseline_metrics.json")
+            if self.health.baseline_metrics is not None:
+                save_baseline_metrics(self.health.baseline_metrics, self.run_dir / "baseline_metrics.json")
             baseline_id = self.save_checkpoint(
                 checkpoint_metadata(CheckpointState.BASELINE, "Baseline at engine start", health=health["status"],
                                     model=config.model, perplexity=perplexity),
                 hold=health["status"] == "OK",
             )
-            self.alert("INFO", f"Baseline checkpoint {baseline_id} saved (perplexity {perplexity:.3f})")
+            measured = f"perplexity {perplexity:.3f}" if perplexity is not None else "perplexity off"
+            self.alert("INFO", f"Baseline checkpoint {baseline_id} saved ({measured})")
         self.health.publish(health)
         self.sync.publish_list()
         self.coupling.publish()

@@ -38,6 +38,7 @@ class EngineConfig:
     evaluate_every: int = 5  # steps between perplexity measurements (0: never)
     experiment_options: dict[str, Any] = field(default_factory=dict)  # ctx.options (max_steps, batch_size, auto_restart...)
     threads: int | None = None  # torch intra-op threads (None: torch's default); a console leaves a core for the UI
+    tokenizer: str | Path | None = None  # a tokenizer directory other than the model's (None: the model's own)
 
 
 class Engine:

@@ -77,13 +77,16 @@ class HealthWatch:
                 scan_ms=float(result.get("scan_seconds") or 0.0) * 1000.0,
                 step=core.step,
                 gauges=health_gauges(result, perplexity=self.last_perplexity, baseline_perplexity=baseline,
-                                     thresholds=core.safety.thresholds),
+                                     thresholds=core.safety.thresholds,
+                                     perplexity_off="no tokenizer" if core.tokenizer is None else ""),
             )
         )
 
-    def measure_baseline(self) -> dict:
-        """Benchmark the model and make the result the baseline (and the latest perplexity)."""
+    def measure_baseline(self) -> dict | None:
+        """Benchmark the model and make the result the baseline (and the latest perplexity); None without a tokenizer."""
         core = self._core
+        if core.tokenizer is None:
+            return None
         self.baseline_metrics = run_benchmarks(core.model, core.tokenizer, max_tokens=EVAL_TOKENS,
                                                seq_len=EVAL_SEQ_LEN)
         self.last_perplexity = float(self.baseline_metrics["perplexity"])

@@ -119,10 +119,11 @@ class RecoveryActions:
     def model_error(self) -> str | None:
         return self._core.manager.error
 
-    def record_new_baseline(self) -> float:
-        """Benchmark the model as the new baseline, save the metrics; returns its perplexity."""
+    def record_new_baseline(self) -> float | None:
+        """Benchmark the model as the new baseline, save the metrics; returns its perplexity (None: perplexity off)."""
         metrics = self._core.health.measure_baseline()
-        save_baseline_metrics(metrics, self._core.run_dir / "baseline_metrics.json")
+        if metrics is not None:
+            save_baseline_metrics(metrics, self._core.run_dir / "baseline_metrics.json")
         return self._core.health.last_perplexity
 
     def nonfinite_parameters(self) -> list[str]:
