@@ -13,7 +13,6 @@ engine/store/auto_checkpoint.py for AutoCheckpointer. Another storage backend pl
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import os
 from pathlib import Path
@@ -33,7 +32,7 @@ from engine.store.errors import (
 from engine.store.blobs import tensor_hash, tensor_hasher
 from engine.store.export import export_tensors, write_pretrained, write_safetensors
 from engine.store.interface import CheckpointStorage
-from engine.store.manifests import Manifest, TensorRecord, check_id, new_id
+from engine.store.manifests import Manifest, TensorRecord, check_id, manifest_body, new_id
 from engine.store.metadata import encode_metadata
 from engine.store.snapshot import Claims, HeldTensor, Snapshot
 from engine.store.store import CheckpointStore
@@ -153,18 +152,7 @@ class CheckpointManager:
                     TensorRecord(g.name, digest, dt, g.shape, int(g.tensor.nbytes), tuple(g.names[1:]))
                     for g, dt, (digest, _wrote, _buf) in zip(groups, dtypes, results)
                 )
-                body = {
-                    "id": None,
-                    "created": now.isoformat(),
-                    "timestamp": now.timestamp(),
-                    "metadata": meta,
-                    "model_class": type(self.model).__name__,
-                    "model_type": str(getattr(getattr(self.model, "config", None), "model_type", "")),
-                    "tensors": [r.to_json() for r in records],
-                    "num_tensors": len(records),
-                    "size_bytes": sum(r.nbytes for r in records),
-                    "new_bytes": sum(r[1] for r in results),
-                }
+                body = manifest_body(now, meta, self.model, records, new_bytes=sum(r[1] for r in results))
                 for attempt in range(5):  # an id taken in the same second: draw another
                     body["id"] = checkpoint_id
                     if self.store.commit(body, written):
@@ -239,19 +227,7 @@ class CheckpointManager:
         return self._entry(self.store.read_manifest(check_id(checkpoint_id)))
 
     def _entry(self, m: Manifest) -> dict:
-        return {
-            "id": m.id,
-            "metadata": copy.deepcopy(m.metadata),
-            "created": m.created,
-            "timestamp": m.timestamp,
-            "size_bytes": m.size_bytes,
-            "new_bytes": m.new_bytes,
-            "num_tensors": len(m.tensors),
-            "verified": self._verified.get(m.id),
-            "in_memory": self.memory_snapshot_id == m.id,
-            "model_class": m.model_class,
-            "model_type": m.model_type,
-        }
+        return m.listing(verified=self._verified.get(m.id), in_memory=self.memory_snapshot_id == m.id)
 
     def get_disk_usage(self) -> int:
         """Bytes of every file under the checkpoint directory (apparent size)."""

@@ -7,6 +7,7 @@ The body names every tensor by the hash of its content (see engine/store/blobs.p
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -69,6 +70,22 @@ class Manifest:
         """Every name (aliases included) -> its record."""
         return {n: rec for rec in self.tensors for n in rec.names}
 
+    def listing(self, *, verified: bool | None, in_memory: bool) -> dict:
+        """This checkpoint as CheckpointManager.list_checkpoints gives it (metadata copied)."""
+        return {
+            "id": self.id,
+            "metadata": copy.deepcopy(self.metadata),
+            "created": self.created,
+            "timestamp": self.timestamp,
+            "size_bytes": self.size_bytes,
+            "new_bytes": self.new_bytes,
+            "num_tensors": len(self.tensors),
+            "verified": verified,
+            "in_memory": in_memory,
+            "model_class": self.model_class,
+            "model_type": self.model_type,
+        }
+
 
 def check_id(checkpoint_id: object) -> str:
     """Return `checkpoint_id` if it is a well-formed id, else raise InvalidCheckpointId."""
@@ -85,6 +102,22 @@ def check_id(checkpoint_id: object) -> str:
 
 def new_id(now_local) -> str:
     return f"checkpoint_{now_local:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
+
+
+def manifest_body(now, metadata: dict, model, records: tuple[TensorRecord, ...], new_bytes: int) -> dict:
+    """The body of a new checkpoint's manifest, saved at `now` (aware datetime); "id" is set at commit."""
+    return {
+        "id": None,
+        "created": now.isoformat(),
+        "timestamp": now.timestamp(),
+        "metadata": metadata,
+        "model_class": type(model).__name__,
+        "model_type": str(getattr(getattr(model, "config", None), "model_type", "")),
+        "tensors": [r.to_json() for r in records],
+        "num_tensors": len(records),
+        "size_bytes": sum(r.nbytes for r in records),
+        "new_bytes": new_bytes,
+    }
 
 
 def canonical_json(value) -> bytes:
