@@ -80,7 +80,7 @@ class AutoCheckpointer:
     is added to every automatic checkpoint's metadata (state "auto", tags ["auto"]).
     Pass `manager=` to share an existing CheckpointManager (then `checkpoint_dir` must be
     its directory or None). Without one, `open_manager` opens it: engine.checkpointing's
-    AutoCheckpointer opens a CheckpointManager (this module cannot import it: it imports us).
+    AutoCheckpointer opens a CheckpointManager (imported there, not here: no import cycle).
     """
 
     def __init__(
