@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from engine.store import auto_checkpoint
+from engine.store.blobs import tensor_hash, tensor_hasher
 from engine.store.comparison import compare_manifests, compare_to_model, fit
 from engine.store.errors import (
     CheckpointCorrupted,
@@ -29,7 +30,6 @@ from engine.store.errors import (
     InvalidCheckpointId,
     MetadataTooLarge,
 )
-from engine.store.blobs import tensor_hash, tensor_hasher
 from engine.store.export import export_tensors, write_pretrained, write_safetensors
 from engine.store.interface import CheckpointStorage
 from engine.store.manifests import Manifest, TensorRecord, check_id, manifest_body, new_id
@@ -74,6 +74,10 @@ class CheckpointManager:
     all-or-nothing if the process dies at any instant (the kernel keeps what was written),
     but after a power loss the newest checkpoints may be found damaged (verification says
     so; none is ever silently wrong).
+
+    Storage: ``store=`` takes any CheckpointStorage (engine/store/interface.py); the default
+    is the content-addressed CheckpointStore in `checkpoint_dir`. ``watch_path`` is the folder
+    whose changes mean another process saved or deleted a checkpoint.
 
     Thread use: save/restore/delete from one thread at a time per manager (the engine
     thread); list_checkpoints/get_checkpoint from any. Several managers, in this or other
