@@ -64,7 +64,8 @@ def console_parser() -> argparse.ArgumentParser:
         description="Redline: a safety console for changing a language model's weights while it runs. "
         "Starts the engine (which loads the model in its own thread) and the full-screen console. "
         "Other forms: `redline run --headless [...]` runs an experiment without the console, printing "
-        "events as JSON lines; `redline replay FILE.jsonl` opens the console read-only on such a log.",
+        "events as JSON lines; `redline replay FILE.jsonl` opens the console read-only on such a log; "
+        "`redline checkpoints ls|show|verify|diff|export|gc|rm` works on a run's checkpoints (see its --help).",
         epilog=KEYS.format(keymap=default_keymap_path()) + "\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -117,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         return headless_main(argv[1:])
     if argv[:1] == ["replay"]:
         return _replay(replay_parser().parse_args(argv[1:]))
+    if argv[:1] == ["checkpoints"]:
+        from engine.checkpoints_cli.command_line import main as checkpoints_main
+
+        return checkpoints_main(argv[1:])
     return _console(console_parser().parse_args(argv))
 
 
