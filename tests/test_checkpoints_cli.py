@@ -240,3 +240,37 @@ def test_no_store_at_the_run_dir_is_code_2(tmp_path):
     result = redline("ls", "--run-dir", tmp_path / "nothing-here")
     assert result.returncode == 2 and "no checkpoints in" in result.stderr
     assert not (tmp_path / "nothing-here").exists()
+
+
+SAVING_LOOP = """
+    import sys, torch
+    from engine.checkpointing import CheckpointManager
+    from tests.conftest import make_tiny_qwen2
+
+    model = make_tiny_qwen2(seed=5)
+    cm = CheckpointManager(model, sys.argv[1])
+    for step in range(int(sys.argv[2])):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01)  # every save writes new tensor files
+        cm.save_checkpoint({"purpose": f"concurrent {step}"})
+"""
+
+
+@pytest.mark.slow
+def test_gc_and_rm_while_another_process_saves_lose_nothing(run, tmp_path):
+    run_dir, ids, _states = run
+    script = tmp_path / "saver.py"
+    script.write_text(textwrap.dedent(SAVING_LOOP))
+    saver = subprocess.Popen([sys.executable, str(script), str(run_dir / "checkpoints"), "15"], cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    rounds = 0
+    while saver.poll() is None or rounds < 2:
+        redline("gc", "--yes", "--run-dir", run_dir, check_code=0)
+        rounds += 1
+    assert saver.returncode == 0, saver.stderr.read()[-2000:]
+    redline("rm", ids[0], "--run-dir", run_dir, check_code=0)
+    listed = as_json("ls", "--run-dir", run_dir)["checkpoints"]
+    assert len(listed) == 2 + 15
+    assert as_json("verify", "--run-dir", run_dir)["ok"] is True
+    assert blobs_on_disk(run_dir) >= referenced(run_dir)

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.checkpoints_cli.failures import EXIT_DAMAGED, EXIT_FAILED, CommandFailed
-from engine.checkpoints_cli.output import emit, human_bytes
+from engine.checkpoints_cli.output import emit
 from engine.checkpoints_cli.run_store import check_ids, readable_manifests
 from engine.store.errors import CheckpointError
 from engine.store.store import CheckpointStore
+from engine.units import human_bytes
 
 
 @dataclass

@@ -18,8 +18,6 @@ from engine.store.store import CheckpointStore
 
 
 def diff_command(store: CheckpointStore, a: str, b: str, top: int, as_json: bool) -> int:
-    import torch  # noqa: F401  (the comparison needs it; imported here so `ls` stays quick)
-
     from engine.store.comparison import compare_manifests
 
     check_ids(store, [a, b])

@@ -12,12 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.checkpoints_cli.failures import EXIT_DAMAGED, EXIT_FAILED, CommandFailed, usage_error
-from engine.checkpoints_cli.output import emit, human_bytes
+from engine.checkpoints_cli.output import emit
 from engine.checkpoints_cli.progress import ProgressBar
 from engine.checkpoints_cli.run_store import check_ids, read_manifest
 from engine.store.errors import CheckpointCorrupted, CheckpointError
 from engine.store.manifests import Manifest
 from engine.store.store import CheckpointStore
+from engine.units import human_bytes
 
 _LISTED = 5
 

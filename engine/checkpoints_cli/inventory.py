@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from engine.checkpoints_cli.output import emit, human_bytes, local_time, printable, table
+from engine.checkpoints_cli.output import emit, local_time, printable, table
 from engine.checkpoints_cli.run_store import check_ids, read_manifest, readable_manifests
 from engine.store.manifests import Manifest
 from engine.store.store import CheckpointStore
+from engine.units import human_bytes
 
 
 def summary(m: Manifest) -> dict:

@@ -7,10 +7,6 @@ import json
 import math
 import sys
 
-from engine.units import human_bytes
-
-__all__ = ["emit", "human_bytes", "local_time", "table"]
-
 
 def emit(as_json: bool, data: dict, text: str) -> None:
     """Print the result: `data` as JSON (non-finite numbers as strings) or `text`."""

@@ -9,13 +9,14 @@ same directory waits for at most one checkpoint's files, never for the whole run
 from __future__ import annotations
 
 from engine.checkpoints_cli.failures import EXIT_DAMAGED, EXIT_OK
-from engine.checkpoints_cli.output import emit, human_bytes
+from engine.checkpoints_cli.output import emit
 from engine.checkpoints_cli.progress import ProgressBar
 from engine.checkpoints_cli.run_store import check_ids
 from engine.store.errors import CheckpointCorrupted, CheckpointNotFound
 from engine.store.manifests import TensorRecord
 from engine.store.store import CheckpointStore
 from engine.store.workers import run_all
+from engine.units import human_bytes
 
 
 def verify_command(store: CheckpointStore, ids: list[str], as_json: bool) -> int:
