@@ -220,6 +220,8 @@ class EngineCore:
 
     def unsaved_reason(self) -> ShutdownResult:
         """The result of a shutdown that never reached finish_for_shutdown (the error state)."""
+        if self.shutdown_command is not None and not self.shutdown_command[1].checkpoint:
+            return ShutdownResult(SKIPPED, reason="the shutdown asked for none")
         if self.model is None:
             return ShutdownResult(SKIPPED, reason=f"no model was loaded ({self.engine.error or 'none'})")
         if self.config.readonly:
