@@ -274,3 +274,18 @@ def test_gc_and_rm_while_another_process_saves_lose_nothing(run, tmp_path):
     assert len(listed) == 2 + 15
     assert as_json("verify", "--run-dir", run_dir)["ok"] is True
     assert blobs_on_disk(run_dir) >= referenced(run_dir)
+
+
+def test_progress_bar_only_on_a_terminal(run):
+    import pexpect
+
+    run_dir, ids, _states = run
+    child = pexpect.spawn(sys.executable, ["-m", "console.cli", "checkpoints", "verify", "--run-dir", str(run_dir)],
+                          cwd=REPO, encoding="utf-8", timeout=120)
+    child.expect(r"verifying \[#+\] 100%")
+    child.expect("all 3 checkpoints intact")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    piped = redline("verify", "--run-dir", run_dir, check_code=0)
+    assert "verifying [" not in piped.stderr + piped.stdout
