@@ -5,7 +5,8 @@ from its first tensor file to its manifest, so while gc or rm hold it no save is
 two, and "referenced by a manifest" is the whole truth. gc removes tensor files no manifest
 references (a save that crashed before its manifest) and the temp files of crashed writes;
 by default it only says what it would remove. While any manifest is damaged no tensor file is
-removed: which files it needs cannot be known (the store's own rule).
+removed: which files it needs cannot be known (the store's own rule). The scan and the removal
+happen under one hold of the lock, so what is removed is exactly what was found.
 """
 
 from __future__ import annotations
@@ -66,12 +67,15 @@ def _files(directory: Path, depth: int) -> list[tuple[Path, int]]:
 
 
 def gc_command(store: CheckpointStore, act: bool, as_json: bool) -> int:
-    removed_leftovers = 0
+    freed = removed_leftovers = 0
     try:
-        with store.lock(exclusive=True):
+        with store.lock(exclusive=True):  # no save runs anywhere while we hold it
             garbage = find_garbage(store)
-            freed = store.collect_garbage() if act and not garbage.damaged else 0
-            if act:  # no save runs anywhere while we hold the lock: temp files are leftovers of crashes
+            if act:
+                for path, size in [] if garbage.damaged else garbage.blobs:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                        freed += size
                 for path, _size in garbage.leftovers:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
