@@ -215,3 +215,12 @@ def change_severity(relative: float, change: float = 0.0) -> str:
         if relative > limit:
             return severity
     return "LOW"
+
+
+# -- the edit gate ---------------------------------------------------------------------------
+
+#: ||dW||/||W|| of one tensor an edit touches above which the edit gate rejects the edit.
+#: Measured on the demo model (bench/edits.py, "gate" rows): a ROME-style rank-one edit that
+#: rewrites one key's output moves its MLP matrix by 0.0X; an edit that disables the model
+#: (perplexity x10 and more) moves it by 1 and more. 0.5 sits between, with room either side.
+EDIT_RELATIVE_CHANGE_LIMIT = 0.5

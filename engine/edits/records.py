@@ -1,0 +1,239 @@
+"""The edit journal on disk: one SQLite database (WAL) in `<run_dir>/edits/`. Imports no torch.
+
+One row per edit (and per revert, kind "revert"), with one row per tensor it touched: the
+content hashes before and after (blake3, as the checkpoint store names blobs), ||dW|| and
+||dW||/||W||. A row is written in one transaction when the edit has been decided, so a
+process killed in the middle of an edit leaves no row. Readers (the CLI, the console, other
+processes) open the same file; WAL lets them read while the engine writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from engine.fsutil import FILE_MODE, secure_mkdir
+
+DB_NAME = "journal.sqlite3"
+BUSY_TIMEOUT_S = 10.0
+
+COMMITTED, REJECTED, FAILED = "committed", "rejected", "failed"
+EDIT, REVERT = "edit", "revert"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS edits (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        description TEXT NOT NULL,
+        meta TEXT NOT NULL,
+        time REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        reasons TEXT NOT NULL,
+        gate TEXT NOT NULL,
+        reverts INTEGER,
+        reverted_by INTEGER
+    )""",
+    """CREATE TABLE IF NOT EXISTS edit_tensors (
+        edit_id INTEGER NOT NULL REFERENCES edits(id),
+        name TEXT NOT NULL,
+        dtype TEXT NOT NULL,
+        shape TEXT NOT NULL,
+        nbytes INTEGER NOT NULL,
+        hash_before TEXT,
+        hash_after TEXT,
+        delta_norm REAL,
+        relative REAL,
+        PRIMARY KEY (edit_id, name)
+    )""",
+    "CREATE INDEX IF NOT EXISTS tensors_by_name ON edit_tensors (name, edit_id)",
+)
+_EDIT_COLUMNS = "id, kind, description, meta, time, outcome, reasons, gate, reverts, reverted_by"
+_TENSOR_COLUMNS = "edit_id, name, dtype, shape, nbytes, hash_before, hash_after, delta_norm, relative"
+
+
+@dataclass(frozen=True)
+class TensorChange:
+    """One tensor an edit touched (a tied group under its first name)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    hash_before: str | None
+    hash_after: str | None  # None for an edit that was rolled back
+    delta_norm: float | None  # ||W_after - W_before||
+    relative: float | None  # delta_norm / ||W_before||
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    """One journal entry: an edit (committed, rejected or failed) or a revert of one."""
+
+    id: int
+    kind: str
+    description: str
+    meta: dict
+    time: float
+    outcome: str
+    reasons: list[str]
+    gate: dict
+    tensors: tuple[TensorChange, ...] = ()
+    reverts: int | None = None
+    reverted_by: int | None = None
+    names: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    @property
+    def live(self) -> bool:
+        """A committed edit whose change is still in the model (not reverted)."""
+        return self.kind == EDIT and self.outcome == COMMITTED and self.reverted_by is None
+
+    @property
+    def time_iso(self) -> str:
+        return datetime.fromtimestamp(self.time).astimezone().isoformat(timespec="seconds")
+
+
+def _json(value) -> str:
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple, set, frozenset)):
+            return [clean(x) for x in v]
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        item = getattr(v, "item", None)
+        return clean(item()) if callable(item) else repr(v)
+
+    return json.dumps(clean(value), ensure_ascii=False, sort_keys=True)
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+class JournalDB:
+    """The journal database of one run directory; one connection per thread."""
+
+    def __init__(self, edits_dir: str | Path, *, create: bool = True):
+        self.dir = Path(edits_dir)
+        self.path = self.dir / DB_NAME
+        if not create and not self.path.exists():
+            raise FileNotFoundError(f"no edit journal at {self.path}")
+        if create:
+            secure_mkdir(self.dir)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        conn = self._conn()
+        with conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+        if self.path.exists():
+            self.path.chmod(FILE_MODE)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # survives a killed process; a power loss may lose the last
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._connections = self._connections, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def add(self, kind: str, description: str, meta: dict, outcome: str, reasons: list[str], gate: dict,
+            tensors: list[TensorChange], reverts: int | None = None) -> int:
+        """Record one edit or revert with its tensors in one transaction; returns its id.
+
+        A revert also marks the edit it undid, in the same transaction.
+        """
+        conn = self._conn()
+        with conn:
+            cur = conn.execute(
+                "INSERT INTO edits (kind, description, meta, time, outcome, reasons, gate, reverts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, description, _json(meta), time.time(), outcome, _json(reasons), _json(gate), reverts),
+            )
+            edit_id = cur.lastrowid
+            conn.executemany(
+                f"INSERT INTO edit_tensors ({_TENSOR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(edit_id, t.name, t.dtype, json.dumps(list(t.shape)), t.nbytes, t.hash_before, t.hash_after,
+                  _finite_or_none(t.delta_norm), _finite_or_none(t.relative)) for t in tensors],
+            )
+            if reverts is not None:
+                conn.execute("UPDATE edits SET reverted_by = ? WHERE id = ?", (edit_id, reverts))
+        return edit_id
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def list(self, since_id: int = 0) -> list[EditRecord]:
+        """Every entry with id > since_id, oldest first."""
+        conn = self._conn()
+        rows = conn.execute(f"SELECT {_EDIT_COLUMNS} FROM edits WHERE id > ? ORDER BY id", (since_id,)).fetchall()
+        tensor_rows = conn.execute(
+            f"SELECT {_TENSOR_COLUMNS} FROM edit_tensors WHERE edit_id > ? ORDER BY edit_id, rowid", (since_id,)
+        ).fetchall()
+        return _records(rows, tensor_rows)
+
+    def show(self, edit_id: int) -> EditRecord:
+        conn = self._conn()
+        rows = conn.execute(f"SELECT {_EDIT_COLUMNS} FROM edits WHERE id = ?", (edit_id,)).fetchall()
+        if not rows:
+            raise KeyError(f"no edit {edit_id} in the journal {self.path}")
+        tensor_rows = conn.execute(
+            f"SELECT {_TENSOR_COLUMNS} FROM edit_tensors WHERE edit_id = ? ORDER BY rowid", (edit_id,)
+        ).fetchall()
+        return _records(rows, tensor_rows)[0]
+
+    def live_after(self, edit_id: int, names) -> list[EditRecord]:
+        """Committed, unreverted edits after `edit_id` that touched any of `names`, oldest first."""
+        names = list(names)
+        if not names:
+            return []
+        conn = self._conn()
+        ids = [r[0] for r in conn.execute(
+            "SELECT DISTINCT e.id FROM edits e JOIN edit_tensors t ON t.edit_id = e.id"
+            " WHERE e.id > ? AND e.kind = ? AND e.outcome = ? AND e.reverted_by IS NULL"
+            " AND t.name IN (SELECT value FROM json_each(?)) ORDER BY e.id",
+            (edit_id, EDIT, COMMITTED, json.dumps(names)),
+        )]
+        return [self.show(i) for i in ids]
+
+    def preimage_hashes(self) -> set[str]:
+        """Content hashes a revert of a live edit may need (their pre-edit blobs)."""
+        rows = self._conn().execute(
+            "SELECT DISTINCT t.hash_before FROM edit_tensors t JOIN edits e ON t.edit_id = e.id"
+            " WHERE e.kind = ? AND e.outcome = ? AND t.hash_before IS NOT NULL", (EDIT, COMMITTED),
+        )
+        return {r[0] for r in rows}
+
+
+def _records(rows, tensor_rows) -> list[EditRecord]:
+    by_edit: dict[int, list[TensorChange]] = {}
+    for edit_id, name, dtype, shape, nbytes, before, after, delta, relative in tensor_rows:
+        by_edit.setdefault(edit_id, []).append(
+            TensorChange(name, dtype, tuple(json.loads(shape)), nbytes, before, after, delta, relative))
+    out = []
+    for edit_id, kind, description, meta, when, outcome, reasons, gate, reverts, reverted_by in rows:
+        tensors = tuple(by_edit.get(edit_id, ()))
+        out.append(EditRecord(edit_id, kind, description, json.loads(meta), when, outcome, json.loads(reasons),
+                              json.loads(gate), tensors, reverts, reverted_by,
+                              frozenset(t.name for t in tensors)))
+    return out
