@@ -23,7 +23,7 @@ import torch
 
 from engine.edits import gate
 from engine.edits.content import PreEditContent, content_hash, write_back
-from engine.edits.errors import JournalBusy, RevertFailed, RevertRefused
+from engine.edits.errors import JournalBusy, RevertFailed
 from engine.edits.owner import release, take_ownership
 from engine.edits.records import COMMITTED, REVERT, EditRecord, JournalDB, TensorChange
 from engine.edits.transaction import Edit
@@ -114,33 +114,8 @@ class EditJournal:
         """
         if self._active is not None:
             raise RuntimeError("revert inside an edit block: finish the edit first")
-        target = self.show(edit_id)
-        if not target.live:
-            state = (f"was reverted by entry {target.reverted_by}" if target.reverted_by is not None
-                     else f"is a {target.kind} entry with outcome {target.outcome}")
-            raise RevertRefused(f"edit {edit_id} {state}; only committed, unreverted edits can be reverted. "
-                                "The model was not changed.")
-        plan = self._cascade(target)
-        later = [r.id for r in plan if r.id != target.id]
-        if later and not cascade:
-            shared = sorted({n for r in plan if r.id != target.id for n in r.names} & target.names)
-            raise RevertRefused(
-                f"edit {edit_id} cannot be reverted alone: later edit(s) {', '.join(map(str, later))} touched "
-                f"the same tensor(s) ({', '.join(shared)}). Revert those first, or revert({edit_id}, "
-                "cascade=True) to revert them too, newest first. The model was not changed.", later)
-        return [self._revert_one(r) for r in sorted(plan, key=lambda r: r.id, reverse=True)]
-
-    def _cascade(self, target: EditRecord) -> list[EditRecord]:
-        """The target and every later live edit that depends on it through a shared tensor."""
-        found = {target.id: target}
-        queue = [target]
-        while queue:
-            record = queue.pop()
-            for later in self._db.live_after(record.id, record.names):
-                if later.id not in found:
-                    found[later.id] = later
-                    queue.append(later)
-        return list(found.values())
+        plan = self._db.plan_revert(int(edit_id), cascade)
+        return [self._revert_one(r) for r in plan]
 
     def _revert_one(self, record: EditRecord) -> int:
         live = {}

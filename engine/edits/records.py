@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from engine.edits.errors import RevertRefused
 from engine.fsutil import FILE_MODE, secure_mkdir
 
 DB_NAME = "journal.sqlite3"
@@ -215,6 +216,36 @@ class JournalDB:
             (edit_id, EDIT, COMMITTED, json.dumps(names)),
         )]
         return [self.show(i) for i in ids]
+
+    def plan_revert(self, edit_id: int, cascade: bool) -> list[EditRecord]:
+        """The edits a revert of `edit_id` undoes, newest first; RevertRefused when it may not."""
+        target = self.show(edit_id)
+        if not target.live:
+            state = (f"was reverted by entry {target.reverted_by}" if target.reverted_by is not None
+                     else f"is a {target.kind} entry with outcome {target.outcome}")
+            raise RevertRefused(f"edit {edit_id} {state}; only committed, unreverted edits can be reverted. "
+                                "The model was not changed.")
+        plan = self.revert_plan(target)
+        later = sorted(r.id for r in plan if r.id != target.id)
+        if later and not cascade:
+            shared = sorted({n for r in plan if r.id != target.id for n in r.names} & target.names)
+            raise RevertRefused(
+                f"edit {edit_id} cannot be reverted alone: later edit(s) {', '.join(map(str, later))} touched "
+                f"the same tensor(s) ({', '.join(shared)}). Revert those first, or revert {edit_id} with "
+                "cascade to revert them too, newest first. The model was not changed.", later)
+        return plan
+
+    def revert_plan(self, target: EditRecord) -> list[EditRecord]:
+        """The target and every later live edit that depends on it through shared tensors, newest first."""
+        found = {target.id: target}
+        queue = [target]
+        while queue:
+            record = queue.pop()
+            for later in self.live_after(record.id, record.names):
+                if later.id not in found:
+                    found[later.id] = later
+                    queue.append(later)
+        return sorted(found.values(), key=lambda r: r.id, reverse=True)
 
     def preimage_hashes(self) -> set[str]:
         """Content hashes a revert of a live edit may need (their pre-edit blobs)."""
