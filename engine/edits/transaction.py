@@ -10,7 +10,7 @@ is put back from its copy, bit for bit, and the journal records why.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from engine.edits import gate
 from engine.edits.content import HostCopy, content_hash, copy_tensor, write_back
@@ -18,14 +18,14 @@ from engine.edits.errors import EditRejected
 from engine.edits.records import COMMITTED, EDIT, FAILED, REJECTED, TensorChange
 from engine.store.write_tracker import WriteTracker
 
-if TYPE_CHECKING:
-    from engine.edits.journal import EditJournal
-
 
 class Edit:
-    """The handle of an edit in progress; after the block: `id`, `outcome`, `reasons`, `touched`."""
+    """The handle of an edit in progress; after the block: `id`, `outcome`, `reasons`, `touched`.
 
-    def __init__(self, journal: EditJournal, description: str, meta: dict,
+    `journal` is the EditJournal that made it (not imported here: the journal imports this).
+    """
+
+    def __init__(self, journal: Any, description: str, meta: dict,
                  probe: Callable | None, probe_min: float):
         self.journal = journal
         self.description = str(description)
