@@ -35,6 +35,7 @@ _CHILD = textwrap.dedent("""
             edit(layer)
     torch.save(model.state_dict(), state_file)
     if mode == "hang":
+        journal.flush()  # the committed edits' pre-edit blobs are on disk
         with journal.edit("never finished"):
             edit(2)
             with torch.no_grad():

@@ -1,15 +1,20 @@
 """Tensor content for the journal: host copies made before a write, hashes, restores, and the
 content-addressed blobs of pre-edit content in `<run_dir>/edits/blobs` (engine/store/blobs.py).
 
-A blob is written when an edit commits (named by the hash of the content before the edit), so
-reverting an old edit reads one file per tensor it touched and never needs the model's history.
-The newest host copies stay held up to `hold_bytes`, so reverting a recent edit reads no file.
+A blob is queued when an edit commits (named by the hash of the content before the edit) and
+written by one writer thread, off the edit's path; its host copy stays held until it is on disk
+(`flush()` waits for that). Reverting an old edit reads one file per tensor it touched and never
+needs the model's history; the newest host copies stay held up to `hold_bytes`, so reverting a
+recent edit reads no file. A process killed within moments of a commit may lose that edit's
+blob: the revert then says the pre-edit content is missing and changes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,23 +88,71 @@ class PreEditContent:
         self.hold_bytes = hold_bytes
         self._held: OrderedDict[str, HostCopy] = OrderedDict()
         self._held_bytes = 0
+        self._pending: dict[str, HostCopy] = {}  # queued, not yet on disk: always held
+        self._lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self.write_error: OSError | None = None
 
     def keep(self, copy: HostCopy) -> None:
-        """Make `copy` durable as a blob (unless present) and hold it while the budget allows."""
+        """Queue `copy` to be written as a blob (unless present) and hold it meanwhile."""
         nbytes = copy.data.nbytes
-        if not self.blobs.present(copy.digest, copy.dtype, copy.shape, nbytes):
-            self.blobs.write(copy.digest, copy.dtype, copy.shape, numpy_bytes(copy.data), durable=False)
-        if copy.digest in self._held or nbytes > self.hold_bytes:
-            return
-        self._held[copy.digest] = copy
-        self._held_bytes += nbytes
-        while self._held_bytes > self.hold_bytes:
-            _digest, old = self._held.popitem(last=False)
-            self._held_bytes -= old.data.nbytes
+        with self._lock:
+            if copy.digest not in self._held:
+                self._held[copy.digest] = copy
+                self._held_bytes += nbytes
+            self._pending[copy.digest] = copy
+        self._start_writer()
+        self._queue.put(copy)
+
+    def _start_writer(self) -> None:
+        if self._writer is None or not self._writer.is_alive():
+            self._writer = threading.Thread(target=self._write_blobs, name="redline-edit-blobs", daemon=True)
+            self._writer.start()
+
+    def _write_blobs(self) -> None:
+        while True:
+            copy = self._queue.get()
+            try:
+                if copy is None:
+                    return
+                if not self.blobs.present(copy.digest, copy.dtype, copy.shape, copy.data.nbytes):
+                    self.blobs.write(copy.digest, copy.dtype, copy.shape, numpy_bytes(copy.data), durable=False)
+            except OSError as exc:
+                self.write_error = exc
+            finally:
+                if copy is not None:
+                    with self._lock:
+                        self._pending.pop(copy.digest, None)
+                        self._evict()
+                self._queue.task_done()
+
+    def _evict(self) -> None:
+        """Drop the oldest held copies already on disk until within the budget."""
+        for digest in list(self._held):
+            if self._held_bytes <= self.hold_bytes:
+                return
+            if digest not in self._pending:
+                self._held_bytes -= self._held.pop(digest).data.nbytes
+
+    def flush(self) -> None:
+        """Wait until every queued blob is on disk; raise the writer's error, if it had one."""
+        if self._writer is not None:
+            self._queue.join()
+        if self.write_error is not None:
+            exc, self.write_error = self.write_error, None
+            raise OSError(f"writing the pre-edit content of an edit failed: {exc}") from exc
+
+    def close(self) -> None:
+        if self._writer is not None and self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join()
+        self._writer = None
 
     def fetch(self, change, edit_id: int) -> HostCopy:
         """The content `change.hash_before` of one tensor, verified; RevertFailed-worthy errors raise."""
-        held = self._held.get(change.hash_before)
+        with self._lock:
+            held = self._held.get(change.hash_before)
         if held is not None:
             return held
         buf = new_host_buffer(change.nbytes, pin=False)

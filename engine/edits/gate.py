@@ -47,7 +47,7 @@ def measure(after: torch.Tensor, before: torch.Tensor) -> TensorCheck:
         return TensorCheck(float(changed), float(changed), True)
     if after.dtype not in (torch.float32, torch.float64):
         after, before = after.float(), before.float()
-    delta = float(torch.dist(after, before))
+    delta = float(torch.linalg.vector_norm(after - before))  # torch.dist is ~7x slower on CPU
     base = float(torch.linalg.vector_norm(before))
     finite = math.isfinite(delta) and math.isfinite(base)
     if not finite:

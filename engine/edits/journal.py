@@ -150,12 +150,20 @@ class EditJournal:
 
     # -- lifetime -----------------------------------------------------------------------------
 
+    def flush(self) -> None:
+        """Wait until the pre-edit content of every committed edit is on disk (blobs)."""
+        self._content.flush()
+
     def close(self) -> None:
-        """Release the journal (another process may then hold it). Idempotent."""
+        """Write what is queued and release the journal (another process may then hold it). Idempotent."""
         if self._owner_fd is not None:
-            self._db.close()
-            release(self._owner_fd)
-            self._owner_fd = None
+            try:
+                self._content.flush()
+            finally:
+                self._content.close()
+                self._db.close()
+                release(self._owner_fd)
+                self._owner_fd = None
 
     def __enter__(self) -> EditJournal:
         return self

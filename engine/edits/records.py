@@ -14,8 +14,9 @@ import math
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from pathlib import Path
 
 from engine.edits.errors import RevertRefused
@@ -38,24 +39,18 @@ _SCHEMA = (
         reasons TEXT NOT NULL,
         gate TEXT NOT NULL,
         reverts INTEGER,
-        reverted_by INTEGER
+        reverted_by INTEGER,
+        tensors TEXT NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS edit_tensors (
         edit_id INTEGER NOT NULL REFERENCES edits(id),
         name TEXT NOT NULL,
-        dtype TEXT NOT NULL,
-        shape TEXT NOT NULL,
-        nbytes INTEGER NOT NULL,
         hash_before TEXT,
-        hash_after TEXT,
-        delta_norm REAL,
-        relative REAL,
         PRIMARY KEY (edit_id, name)
     )""",
     "CREATE INDEX IF NOT EXISTS tensors_by_name ON edit_tensors (name, edit_id)",
 )
-_EDIT_COLUMNS = "id, kind, description, meta, time, outcome, reasons, gate, reverts, reverted_by"
-_TENSOR_COLUMNS = "edit_id, name, dtype, shape, nbytes, hash_before, hash_after, delta_norm, relative"
+_EDIT_COLUMNS = "id, kind, description, meta, time, outcome, reasons, gate, reverts, reverted_by, tensors"
 
 
 @dataclass(frozen=True)
@@ -72,22 +67,42 @@ class TensorChange:
     relative: float | None  # delta_norm / ||W_before||
 
 
-@dataclass(frozen=True)
-class EditRecord:
-    """One journal entry: an edit (committed, rejected or failed) or a revert of one."""
+class EditRecord(tuple):
+    """One journal entry: an edit (committed, rejected or failed) or a revert of one.
 
-    id: int
-    kind: str
-    description: str
-    meta: dict
-    time: float
-    outcome: str
-    reasons: list[str]
-    gate: dict
-    tensors: tuple[TensorChange, ...] = ()
-    reverts: int | None = None
-    reverted_by: int | None = None
-    names: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    The row itself (a tuple: building 10,000 of them costs one C call each); the JSON fields
+    (meta, reasons, gate, tensors) are decoded when read.
+    """
+
+    __slots__ = ()
+    id: int = property(itemgetter(0))
+    kind: str = property(itemgetter(1))
+    description: str = property(itemgetter(2))
+    time: float = property(itemgetter(4))
+    outcome: str = property(itemgetter(5))
+    reverts: int | None = property(itemgetter(8))
+    reverted_by: int | None = property(itemgetter(9))
+
+    @property
+    def meta(self) -> dict:
+        return json.loads(self[3])
+
+    @property
+    def reasons(self) -> list[str]:
+        return json.loads(self[6])
+
+    @property
+    def gate(self) -> dict:
+        return json.loads(self[7])
+
+    @property
+    def tensors(self) -> tuple[TensorChange, ...]:
+        return tuple(TensorChange(n, d, tuple(s), b, hb, ha, dn, r)
+                     for n, d, s, b, hb, ha, dn, r in json.loads(self[10]))
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.tensors)
 
     @property
     def live(self) -> bool:
@@ -97,6 +112,9 @@ class EditRecord:
     @property
     def time_iso(self) -> str:
         return datetime.fromtimestamp(self.time).astimezone().isoformat(timespec="seconds")
+
+    def __repr__(self) -> str:
+        return f"EditRecord(id={self.id}, kind={self.kind!r}, outcome={self.outcome!r}, {self.description!r})"
 
 
 def _json(value) -> str:
@@ -167,17 +185,17 @@ class JournalDB:
         """
         conn = self._conn()
         with conn:
+            rows = [[t.name, t.dtype, list(t.shape), t.nbytes, t.hash_before, t.hash_after,
+                     _finite_or_none(t.delta_norm), _finite_or_none(t.relative)] for t in tensors]
             cur = conn.execute(
-                "INSERT INTO edits (kind, description, meta, time, outcome, reasons, gate, reverts)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (kind, description, _json(meta), time.time(), outcome, _json(reasons), _json(gate), reverts),
+                "INSERT INTO edits (kind, description, meta, time, outcome, reasons, gate, reverts, tensors)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, description, _json(meta), time.time(), outcome, _json(reasons), _json(gate), reverts,
+                 json.dumps(rows, allow_nan=True)),
             )
             edit_id = cur.lastrowid
-            conn.executemany(
-                f"INSERT INTO edit_tensors ({_TENSOR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(edit_id, t.name, t.dtype, json.dumps(list(t.shape)), t.nbytes, t.hash_before, t.hash_after,
-                  _finite_or_none(t.delta_norm), _finite_or_none(t.relative)) for t in tensors],
-            )
+            conn.executemany("INSERT INTO edit_tensors (edit_id, name, hash_before) VALUES (?, ?, ?)",
+                             [(edit_id, t.name, t.hash_before) for t in tensors])
             if reverts is not None:
                 conn.execute("UPDATE edits SET reverted_by = ? WHERE id = ?", (edit_id, reverts))
         return edit_id
@@ -186,22 +204,14 @@ class JournalDB:
 
     def list(self, since_id: int = 0) -> list[EditRecord]:
         """Every entry with id > since_id, oldest first."""
-        conn = self._conn()
-        rows = conn.execute(f"SELECT {_EDIT_COLUMNS} FROM edits WHERE id > ? ORDER BY id", (since_id,)).fetchall()
-        tensor_rows = conn.execute(
-            f"SELECT {_TENSOR_COLUMNS} FROM edit_tensors WHERE edit_id > ? ORDER BY edit_id, rowid", (since_id,)
-        ).fetchall()
-        return _records(rows, tensor_rows)
+        rows = self._conn().execute(f"SELECT {_EDIT_COLUMNS} FROM edits WHERE id > ? ORDER BY id", (since_id,))
+        return list(map(EditRecord, rows))
 
     def show(self, edit_id: int) -> EditRecord:
-        conn = self._conn()
-        rows = conn.execute(f"SELECT {_EDIT_COLUMNS} FROM edits WHERE id = ?", (edit_id,)).fetchall()
-        if not rows:
+        row = self._conn().execute(f"SELECT {_EDIT_COLUMNS} FROM edits WHERE id = ?", (edit_id,)).fetchone()
+        if row is None:
             raise KeyError(f"no edit {edit_id} in the journal {self.path}")
-        tensor_rows = conn.execute(
-            f"SELECT {_TENSOR_COLUMNS} FROM edit_tensors WHERE edit_id = ? ORDER BY rowid", (edit_id,)
-        ).fetchall()
-        return _records(rows, tensor_rows)[0]
+        return EditRecord(row)
 
     def live_after(self, edit_id: int, names) -> list[EditRecord]:
         """Committed, unreverted edits after `edit_id` that touched any of `names`, oldest first."""
@@ -254,17 +264,3 @@ class JournalDB:
             " WHERE e.kind = ? AND e.outcome = ? AND t.hash_before IS NOT NULL", (EDIT, COMMITTED),
         )
         return {r[0] for r in rows}
-
-
-def _records(rows, tensor_rows) -> list[EditRecord]:
-    by_edit: dict[int, list[TensorChange]] = {}
-    for edit_id, name, dtype, shape, nbytes, before, after, delta, relative in tensor_rows:
-        by_edit.setdefault(edit_id, []).append(
-            TensorChange(name, dtype, tuple(json.loads(shape)), nbytes, before, after, delta, relative))
-    out = []
-    for edit_id, kind, description, meta, when, outcome, reasons, gate, reverts, reverted_by in rows:
-        tensors = tuple(by_edit.get(edit_id, ()))
-        out.append(EditRecord(edit_id, kind, description, json.loads(meta), when, outcome, json.loads(reasons),
-                              json.loads(gate), tensors, reverts, reverted_by,
-                              frozenset(t.name for t in tensors)))
-    return out
