@@ -36,19 +36,33 @@ class GateVerdict:
         return not self.reasons
 
 
+_CHUNK = 1 << 18  # elements per step of the fused pass: stays in cache, no model-sized temporaries
+
+
 def measure(after: torch.Tensor, before: torch.Tensor) -> TensorCheck:
     """||after - before||, relative to ||before||, and whether `after` is all finite.
 
-    `after` finite follows from finite norms of `before` and the difference, so the
-    elementwise check runs only when one of them is not finite.
+    One pass over both tensors a chunk at a time into one small scratch buffer (a whole-tensor
+    difference would allocate, and fault in, a tensor the size of the edited one). `after`
+    finite follows from finite norms of `before` and the difference, so the elementwise check
+    runs only when one of them is not finite.
     """
     if not after.is_floating_point():
         changed = not torch.equal(after, before)
         return TensorCheck(float(changed), float(changed), True)
-    if after.dtype not in (torch.float32, torch.float64):
-        after, before = after.float(), before.float()
-    delta = float(torch.linalg.vector_norm(after - before))  # torch.dist is ~7x slower on CPU
-    base = float(torch.linalg.vector_norm(before))
+    a, b = after.reshape(-1), before.reshape(-1)
+    wide = a.dtype not in (torch.float32, torch.float64)
+    scratch = torch.empty(min(_CHUNK, a.numel()), dtype=torch.float32 if wide else a.dtype, device=a.device)
+    delta_sq = base_sq = 0.0
+    for start in range(0, a.numel(), _CHUNK):
+        a_c, b_c = a[start : start + _CHUNK], b[start : start + _CHUNK]
+        d = scratch[: a_c.numel()]
+        if wide:
+            b_c = b_c.float()
+        torch.sub(a_c, b_c, out=d)
+        delta_sq += float(torch.dot(d, d))
+        base_sq += float(torch.dot(b_c, b_c))
+    delta, base = math.sqrt(delta_sq), math.sqrt(base_sq)
     finite = math.isfinite(delta) and math.isfinite(base)
     if not finite:
         finite = bool(torch.isfinite(after).all())
