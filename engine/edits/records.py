@@ -50,7 +50,9 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS tensors_by_name ON edit_tensors (name, edit_id)",
 )
-_EDIT_COLUMNS = "id, kind, description, meta, time, outcome, reasons, gate, reverts, reverted_by, tensors"
+_SELECT = "SELECT id, kind, description, meta, time, outcome, reasons, gate, reverts, reverted_by, tensors FROM edits"
+_LIST = _SELECT + " WHERE id > ? ORDER BY id"
+_SHOW = _SELECT + " WHERE id = ?"
 
 
 @dataclass(frozen=True)
@@ -204,11 +206,11 @@ class JournalDB:
 
     def list(self, since_id: int = 0) -> list[EditRecord]:
         """Every entry with id > since_id, oldest first."""
-        rows = self._conn().execute(f"SELECT {_EDIT_COLUMNS} FROM edits WHERE id > ? ORDER BY id", (since_id,))
+        rows = self._conn().execute(_LIST, (since_id,))
         return list(map(EditRecord, rows))
 
     def show(self, edit_id: int) -> EditRecord:
-        row = self._conn().execute(f"SELECT {_EDIT_COLUMNS} FROM edits WHERE id = ?", (edit_id,)).fetchone()
+        row = self._conn().execute(_SHOW, (edit_id,)).fetchone()
         if row is None:
             raise KeyError(f"no edit {edit_id} in the journal {self.path}")
         return EditRecord(row)
