@@ -65,9 +65,12 @@ def console_parser() -> argparse.ArgumentParser:
         epilog=KEYS.format(keymap=default_keymap_path()) + "\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default="demo", metavar="PATH|demo",
-                        help="a local Hugging Face model directory, a hub id already in the local HF cache, "
-                        "or 'demo' (the built-in small model; default)")
+    parser.add_argument("--model", default="demo", metavar="PATH|ORG/NAME|demo",
+                        help="a local Hugging Face model directory, a hub id already in the local HF cache "
+                        "(HF_HUB_CACHE; nothing is downloaded), or 'demo' (the built-in small model; default)")
+    parser.add_argument("--tokenizer", metavar="PATH", type=Path,
+                        help="load the tokenizer from this directory instead of the model's (without any "
+                        "tokenizer the model is still supervised, with perplexity off)")
     parser.add_argument("--experiment", default="demo", metavar="FILE|demo|none",
                         help="a .py file defining run(ctx), 'demo' (the built-in experiment; default), "
                         "or 'none' (idle: watch, save, restore)")
@@ -103,7 +106,7 @@ def replay_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"]:
-        from engine.headless import main as headless_main
+        from engine.runtime.headless import main as headless_main
 
         return headless_main(argv[1:])
     if argv[:1] == ["replay"]:
@@ -128,9 +131,8 @@ def _console(args: argparse.Namespace) -> int:
     experiment = args.experiment
     if experiment not in ("demo", "none") and not Path(experiment).is_file():
         return _fail(f"experiment file {experiment!r} not found; give a .py file defining run(ctx), 'demo' or 'none'")
-    if (os.sep in args.model or args.model.startswith(".")) and not Path(args.model).exists():
-        return _fail(f"model directory {args.model!r} not found; give a local Hugging Face model directory, "
-                     "a hub id already in the local HF cache, or 'demo'")
+    if problem := _check_model_options(args):
+        return _fail(problem)
     from engine.runtime import Engine, EngineConfig
 
     config = EngineConfig(
@@ -142,8 +144,23 @@ def _console(args: argparse.Namespace) -> int:
         readonly=args.readonly,
         forensic_checkpoints=not args.no_forensic,
         threads=engine_threads(),
+        tokenizer=str(args.tokenizer) if args.tokenizer is not None else None,
     )
     return run_console(Engine(config), args)
+
+
+def _check_model_options(args: argparse.Namespace) -> str | None:
+    """Why --model or --tokenizer cannot work, found before the console starts (torch is not imported)."""
+    from engine.model_source import ModelLoadError, locate_model_dir
+
+    try:
+        locate_model_dir(args.model)
+    except ModelLoadError as exc:
+        return str(exc)
+    if args.tokenizer is not None and not args.tokenizer.is_dir():
+        return (f"tokenizer directory {str(args.tokenizer)!r} not found; give a folder written by "
+                "tokenizer.save_pretrained, or leave --tokenizer out to use the model's own")
+    return None
 
 
 def engine_threads() -> int | None:

@@ -9,7 +9,7 @@ the guide's. Paths default to the guide's ("data/checkpoints",
 `checkpoint_dir=` and `memory_dir=` override them.
 
 Experiments run under the engine are files defining `run(ctx)`: see
-engine.experiment_context (ExperimentContext, load_experiment), re-exported here.
+engine.runtime.experiment_context (ExperimentContext, load_experiment), re-exported here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.experiment_context import ExperimentContext, ExperimentLoadError, load_experiment
+from engine.runtime.experiment_context import ExperimentContext, ExperimentLoadError, load_experiment
 
 __all__ = ["safe_modification_experiment", "ExperimentContext", "ExperimentLoadError", "load_experiment"]
 

@@ -16,8 +16,10 @@ from engine.units import human_bytes, number
 
 
 def health_gauges(result: Mapping[str, Any], *, perplexity: float | None, baseline_perplexity: float | None,
-                  thresholds: Mapping[str, float] | None = None) -> tuple[Gauge, ...]:
+                  thresholds: Mapping[str, float] | None = None, perplexity_off: str = "") -> tuple[Gauge, ...]:
     """Gauges for a `SafetyMonitor.check_model_health` result and the latest perplexity.
+
+    `perplexity_off`: why perplexity cannot be measured (e.g. "no tokenizer"), shown in its gauge.
 
     `result` may also be a HealthSnapshot's fields (same names; "issues" is then a count).
     """
@@ -31,7 +33,7 @@ def health_gauges(result: Mapping[str, Any], *, perplexity: float | None, baseli
     device_used, device_total = result.get("device_memory_used"), result.get("device_memory_total")
     host_used, host_total = int(result.get("host_memory_used") or 0), int(result.get("host_memory_total") or 0)
 
-    ppl_note = ""
+    ppl_note = f"({perplexity_off})" if perplexity_off else ""
     if perplexity is not None and baseline_perplexity:
         change = policy.perplexity_change(perplexity, baseline_perplexity)
         ppl_note = f"({change:+.0%} vs {number(baseline_perplexity)})"
@@ -48,7 +50,7 @@ def health_gauges(result: Mapping[str, Any], *, perplexity: float | None, baseli
         Gauge("max_abs", "max|w|", number(max_abs), policy.max_weight_severity(max_abs, thresholds), max_abs),
         Gauge("grad", "grad norm", number(grad), policy.gradient_severity(grad, thresholds),
               float(grad) if grad is not None else None),
-        Gauge("ppl", "perplexity", number(perplexity),
+        Gauge("ppl", "perplexity", "off" if perplexity_off else number(perplexity),
               policy.perplexity_severity(perplexity, baseline_perplexity, thresholds), perplexity, ppl_note),
         Gauge("device_mem", "device mem", device_text,
               policy.memory_severity(device_used, device_total, "device_memory_fraction", thresholds),

@@ -4,41 +4,33 @@ Everything happens offline: a hub id is looked up only in the local Hugging Face
 cache, weights are read only from safetensors (a pickled pytorch_model.bin is
 refused, never unpickled), and no remote code runs. When a model cannot be
 found, the error is one paragraph that says what was looked for and how to get
-it. torch and transformers are imported on first use, so importing this module
-(for ModelLoadError, say) stays cheap and torch-free.
+it; finding the directory is engine.model_source's job, shared with the
+console's command line. torch and transformers are imported on first use, so
+importing this module (for ModelLoadError, say) stays cheap and torch-free.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-logger = logging.getLogger(__name__)
+from engine.model_source import DEFAULT_MODEL, ModelLoadError, locate_model_dir, safetensors_files
+from engine.transformers_progress import quiet_transformers_progress
 
-DEFAULT_MODEL = "Qwen/Qwen2.5-3B-Instruct"
-DEMO_NAME = "demo"  # engine.demo_model.DEMO_NAME, repeated to keep this module torch-free at import
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, "float | None", str], None]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-_PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _DTYPE_NAMES = {
     "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
     "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "float64": "float64", "fp64": "float64", "double": "float64",
 }  # fmt: skip
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "*.tiktoken", "tekken.json", "*.model")
 _WARM_CHUNK = 16 * 1024 * 1024
-
-
-class ModelLoadError(Exception):
-    """A model could not be loaded; str(error) is one paragraph saying why and what to do."""
 
 
 def parse_dtype(value, device) -> Any:
@@ -84,109 +76,14 @@ def parse_device(value) -> Any:
     return device
 
 
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, read from the environment now (HF_HUB_CACHE, HF_HOME, default)."""
-    for env in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(env):
-            return Path(os.environ[env]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-@contextlib.contextmanager
-def quiet_transformers_progress():
-    """Silence transformers' own tqdm bars (they would draw over the console); we report progress ourselves."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _safetensors_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("*.safetensors"))
-
-
-def check_model_dir(directory: Path, name: str) -> None:
-    """Raise ModelLoadError unless `directory` holds a config.json and safetensors weights."""
-    if not directory.is_dir():
-        raise ModelLoadError(f"{name!r} resolved to {directory}, which is not a directory.")
-    entries = list(directory.iterdir())
-    if not entries:
-        raise ModelLoadError(
-            f"The model directory {directory} is empty. Point --model at a directory written by "
-            f"save_pretrained (config.json plus *.safetensors and the tokenizer files), or download one with "
-            f"`hf download ORG/NAME --local-dir {directory}` on a machine with network."
-        )
-    if not (directory / "config.json").is_file():
-        raise ModelLoadError(
-            f"The model directory {directory} has no config.json, so it is not a Hugging Face model directory "
-            f"(it holds: {', '.join(sorted(p.name for p in entries)[:8])}). Point --model at the folder that "
-            f"save_pretrained wrote, which contains config.json and *.safetensors."
-        )
-    if not _safetensors_files(directory):
-        pickled = sorted({p.name for pattern in _PICKLED_WEIGHTS for p in directory.glob(pattern)})
-        if pickled:
-            raise ModelLoadError(
-                f"The model directory {directory} holds weights only in pickle format ({', '.join(pickled[:4])}), "
-                f"which Redline refuses to load because unpickling can run arbitrary code. Convert them once, "
-                f"in a trusted environment, to safetensors: load the model with transformers and call "
-                f"model.save_pretrained(DIR, safe_serialization=True), then point --model at DIR."
-            )
-        raise ModelLoadError(
-            f"The model directory {directory} has a config.json but no *.safetensors weights. Copy the weight "
-            f"files beside it, or re-save the model with model.save_pretrained(DIR)."
-        )
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or "\\" in name or not _HUB_ID.match(name)
-
-
 def resolve_model_dir(name: str, progress: Progress | None = None) -> Path:
-    """The local directory holding `name`: the demo model, a directory, or a hub cache snapshot."""
-    if name == DEMO_NAME:
+    """The local directory holding `name`: the demo model (trained on first use), a directory, or a hub cache snapshot."""
+    directory = locate_model_dir(name)
+    if directory is None:
         from engine.demo_model import ensure_demo_model
 
         return ensure_demo_model(progress=progress)
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(
-                f"--model {name!r} is a file, not a model directory. Point it at the folder that holds "
-                f"config.json and the *.safetensors weights (for a Hugging Face download, the snapshot folder)."
-            )
-        check_model_dir(path, name)
-        return path.absolute()
-    cache = hub_cache_dir()
-    if _looks_like_path(name):
-        raise ModelLoadError(
-            f"No model directory at {path.absolute()}. Check the path, or pass a hub id such as "
-            f"{DEFAULT_MODEL} that is already in the local Hugging Face cache ({cache}), or use --model demo."
-        )
-    repo_folder = cache / ("models--" + name.replace("/", "--"))
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    try:
-        snapshot = Path(snapshot_download(name, cache_dir=cache, local_files_only=True))
-    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError, OSError, ValueError):
-        raise ModelLoadError(
-            f"Model {name!r} was not found: there is no local directory of that name, and the Hugging Face "
-            f"cache at {cache} has no snapshot of it (looked for {repo_folder}). Redline never downloads. "
-            f"On a machine with network run `hf download {name}` (older huggingface_hub: `huggingface-cli "
-            f"download {name}`) with HF_HUB_CACHE pointing at this cache (or copy the cache over), or pass --model PATH to a directory written by "
-            f"save_pretrained, or use --model demo."
-        ) from None
-    check_model_dir(snapshot, name)
-    return snapshot
+    return directory
 
 
 def _failure_paragraph(name: str, directory: Path | None, exc: Exception) -> str:
@@ -209,15 +106,21 @@ class ModelManager:
     `device` and `dtype` accept strings ("cpu", "cuda:0", "bf16", "fp32"...) or
     torch objects; nonsense raises ValueError at construction. `progress`, if
     given, is called as progress(done, total, message) through each stage.
+    The tokenizer comes from the model directory, or from the directory
+    `tokenizer` names; a model without a usable one still loads, with
+    `tokenizer` None and `tokenizer_note` saying why (perplexity is then off).
     """
 
-    def __init__(self, model_name: str = DEFAULT_MODEL, device=None, dtype=None, *, progress: Progress | None = None):
+    def __init__(self, model_name: str = DEFAULT_MODEL, device=None, dtype=None, *, progress: Progress | None = None,
+                 tokenizer: str | os.PathLike | None = None):
         self.model_name = str(model_name)
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype, self.device)
         self.progress = progress
+        self.tokenizer_path = Path(tokenizer).expanduser() if tokenizer is not None else None
         self.model = None
         self.tokenizer = None
+        self.tokenizer_note: str | None = None  # why there is no tokenizer (perplexity off), when there is none
         self.source_path: Path | None = None
         self.error: str | None = None
         self.load_seconds: float | None = None
@@ -252,31 +155,57 @@ class ModelManager:
                     done += n
                     self._report(done, total, f"weights: {done / 1e6:.1f} / {total / 1e6:.1f} MB ({path.name})")
 
+    def _load_tokenizer(self, directory: Path, vocab_size: int | None):
+        """(tokenizer, None), or (None, note) when the model directory offers none transformers can load.
+
+        Whether a directory holds a tokenizer is transformers' call, not a file
+        list of ours (a ByT5 tokenizer is only a tokenizer_config.json). A
+        tokenizer the operator named must load and fit the model, else the load fails.
+        """
+        from transformers import AutoTokenizer
+
+        explicit = self.tokenizer_path
+        source = explicit or directory
+        if explicit is not None and not explicit.is_dir():
+            raise ModelLoadError(
+                f"The tokenizer directory {explicit} does not exist or is not a directory. Point --tokenizer at "
+                f"a folder written by tokenizer.save_pretrained (tokenizer.json, or tokenizer_config.json and "
+                f"the vocabulary files its class needs)."
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+            problem = None if len(tokenizer) >= 2 else "transformers finds no vocabulary there"
+        except Exception as exc:  # whatever transformers raises means: no usable tokenizer here
+            tokenizer, problem = None, f"transformers cannot load one ({type(exc).__name__}: {' '.join(str(exc).split())})"
+        if explicit is not None:
+            if problem is None and isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
+                problem = f"it has {len(tokenizer)} tokens but the model's vocabulary holds only {vocab_size}"
+            if problem is not None:
+                raise ModelLoadError(
+                    f"The tokenizer in {explicit} cannot be used for the model in {directory}: {problem}. Point "
+                    f"--tokenizer at the folder holding this model's own tokenizer."
+                )
+        if problem is not None:
+            return None, (
+                f"No tokenizer for the model in {directory}: {problem}. Perplexity is off; health scans, "
+                f"checkpoints and rollback still run. Pass --tokenizer PATH (a folder written by "
+                f"tokenizer.save_pretrained) to measure perplexity."
+            )
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer, None
+
     def _load_from(self, directory: Path):
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         from engine.benchmarks import model_device
 
         self._report(0, None, f"config: {directory / 'config.json'}")
         config = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
         self._report(0, None, "tokenizer")
-        missing = f"no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...)"
-        tokenizer = None
-        if any(next(directory.glob(pattern), None) for pattern in _TOKENIZER_FILES):
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-                missing = "a tokenizer with an empty vocabulary"
-            except (OSError, ValueError, TypeError) as exc:
-                missing = f"a tokenizer that does not load ({' '.join(str(exc).split())})"
-        if tokenizer is None or len(tokenizer) < 2:
-            raise ModelLoadError(
-                f"The model directory {directory} has weights but {missing}. Save the tokenizer beside the "
-                f"model with tokenizer.save_pretrained({str(directory)!r})."
-            )
-        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self._warm_weights(_safetensors_files(directory))
+        tokenizer, note = self._load_tokenizer(directory, getattr(config, "vocab_size", None))
+        self._warm_weights(safetensors_files(directory))
         self._report(0, None, f"building {type(config).__name__.removesuffix('Config')} model ({self.dtype})")
         placement = {} if self.device.type == "cpu" else {"device_map": {"": str(self.device)}}
         with quiet_transformers_progress():
@@ -296,7 +225,7 @@ class ModelManager:
         model.eval()
         if torch.cuda.is_available() and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return model, tokenizer
+        return model, tokenizer, note
 
     def _load(self):
         started = time.perf_counter()
@@ -304,12 +233,12 @@ class ModelManager:
         directory = None
         try:
             directory = resolve_model_dir(self.model_name, self.progress)
-            model, tokenizer = self._load_from(directory)
+            model, tokenizer, note = self._load_from(directory)
         except ModelLoadError:
             raise
         except Exception as exc:
             raise ModelLoadError(_failure_paragraph(self.model_name, directory, exc)) from None
-        self.model, self.tokenizer, self.source_path = model, tokenizer, directory
+        self.model, self.tokenizer, self.tokenizer_note, self.source_path = model, tokenizer, note, directory
         self.load_seconds = time.perf_counter() - started
         self.error = None
         self._report(1, 1, f"model ready on {self.device} ({self.dtype}) in {self.load_seconds:.2f} s")

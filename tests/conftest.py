@@ -37,13 +37,13 @@ def make_tiny_qwen2(tied: bool = True, layers: int = 2, seed: int = 0):
     return Qwen2ForCausalLM(config).eval()
 
 
-def make_tiny_llama(seed: int = 0):
+def make_tiny_llama(seed: int = 0, vocab_size: int = 300):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=300,
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,

@@ -27,7 +27,7 @@ def demo_model(demo_model_dir):
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.model_manager import quiet_transformers_progress
+    from engine.transformers_progress import quiet_transformers_progress
 
     with quiet_transformers_progress():
         model = AutoModelForCausalLM.from_pretrained(demo_model_dir, use_safetensors=True, local_files_only=True)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from engine.event_stream import EventStream
+from engine.runtime.event_stream import EventStream
 from engine.events import Alert, CommandDone, ExperimentStep, HealthSnapshot, LogLine, Progress
 
 

@@ -47,7 +47,7 @@ LOOP_FOREVER = """
 def test_import_of_the_facade_does_not_import_torch():
     import subprocess
 
-    code = "import sys, engine.runtime, engine.headless; print('torch' in sys.modules)"
+    code = "import sys, engine.runtime, engine.runtime.headless; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

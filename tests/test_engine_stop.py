@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from engine.stop import (
+from engine.runtime.stop import (
     EMERGENCY,
     SHUTDOWN,
     EmergencyStopRequested,

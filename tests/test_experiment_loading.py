@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.experiment_context import ExperimentContext, ExperimentLoadError, load_experiment
+from engine.runtime.experiment_context import ExperimentContext, ExperimentLoadError, load_experiment
 
 
 def _write(tmp_path, text, name="exp.py"):

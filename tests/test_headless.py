@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.headless import build_parser
-from engine.headless import main as headless_main
+from engine.runtime.headless import build_parser
+from engine.runtime.headless import main as headless_main
 from tests.engine_harness import tiny_model_dir, write_experiment  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ LOOP = """
 
 def _headless(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "engine.headless", "--headless", *args], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "engine.runtime.headless", "--headless", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -143,3 +143,29 @@ def test_unrecovered_critical_exits_3(tiny_model_dir, tmp_path):
     code, events = _in_process(*_common(model_copy, tmp_path / "run"), "--experiment", str(experiment))
     assert code == 3
     assert any(e["event"] == "alert" and "manual intervention" in e["message"] for e in events)
+
+
+def test_a_model_without_tokenizer_is_supervised_with_perplexity_off(tmp_path):
+    """No tokenizer at all: the engine still scans, checkpoints and rolls back; perplexity is off and said so."""
+    from tests.conftest import make_tiny_qwen2
+
+    make_tiny_qwen2(seed=3).save_pretrained(tmp_path / "no-tok")
+    experiment = write_experiment(tmp_path, """
+        import torch
+
+        def run(ctx):
+            assert ctx.tokenizer is None
+            ctx.step("healthy")
+            with torch.no_grad():
+                ctx.model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+            ctx.step("nan")
+    """)
+    code, events = _in_process(*_common(tmp_path / "no-tok", tmp_path / "run"), "--experiment", str(experiment))
+    assert code == 1
+    alerts = [e["message"] for e in events if e["event"] == "alert"]
+    assert any(m.startswith("Perplexity is off") for m in alerts), alerts
+    assert any("perplexity off" in m and "Baseline checkpoint" in m for m in alerts), alerts
+    assert any(e["event"] == "checkpoint_restored" and e["ok"] for e in events)
+    gauges = [g for e in events if e["event"] == "health" for g in e["gauges"] if g["name"] == "ppl"]
+    assert gauges and all(g["text"] == "off" and g["note"] == "(no tokenizer)" for g in gauges)
+    assert not (tmp_path / "run" / "baseline_metrics.json").exists()

@@ -145,9 +145,57 @@ def test_refuses_a_directory_without_config(tmp_path, caplog):
     assert "no config.json" in _refusal(str(tmp_path / "weights"), caplog)
 
 
-def test_refuses_a_directory_without_tokenizer(tmp_path, caplog):
-    make_tiny_qwen2().save_pretrained(tmp_path / "no-tok")
-    assert "tokenizer" in _refusal(str(tmp_path / "no-tok"), caplog)
+def test_a_model_without_tokenizer_loads_with_perplexity_off(tmp_path, caplog):
+    make_tiny_qwen2(seed=5).save_pretrained(tmp_path / "no-tok")
+    manager = ModelManager(str(tmp_path / "no-tok"))
+    with caplog.at_level(logging.ERROR, logger="engine.model_manager"):
+        assert manager.load_model(), manager.error
+    assert not caplog.records and manager.error is None
+    assert manager.tokenizer is None
+    assert _same_weights(manager.model, make_tiny_qwen2(seed=5))
+    note = manager.tokenizer_note
+    assert str(tmp_path / "no-tok") in note and "Perplexity is off" in note and "--tokenizer PATH" in note
+    assert "\n" not in note
+
+
+def test_a_character_tokenizer_that_is_only_a_tokenizer_config_loads(tmp_path):
+    """ByT5's tokenizer has no vocabulary file: tokenizer_config.json alone describes it."""
+    directory = tmp_path / "byt5-tok"
+    make_tiny_llama(vocab_size=384).save_pretrained(directory)  # ByT5: 3 specials + 256 bytes + 125 extra ids
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "ByT5Tokenizer"}))
+    assert sorted(p.name for p in directory.iterdir()) == ["config.json", "generation_config.json",
+                                                           "model.safetensors", "tokenizer_config.json"]
+    manager = ModelManager(str(directory))
+    model = manager.load()
+    tokenizer = manager.tokenizer
+    assert type(tokenizer).__name__ == "ByT5Tokenizer" and manager.tokenizer_note is None
+    ids = tokenizer("héllo", return_tensors="pt")["input_ids"]
+    assert tokenizer.decode(ids[0], skip_special_tokens=True) == "héllo"
+    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], 384)
+
+
+def test_tokenizer_from_another_directory(tmp_path):
+    make_tiny_qwen2(seed=6).save_pretrained(tmp_path / "model")
+    byte_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    manager = ModelManager(str(tmp_path / "model"), tokenizer=str(tmp_path / "tokenizer"))
+    assert manager.load_model(), manager.error
+    assert manager.source_path == tmp_path / "model" and manager.tokenizer_note is None
+    assert len(manager.tokenizer) == len(byte_tokenizer())
+    assert manager.tokenizer.decode(manager.tokenizer("héllo")["input_ids"]) == "héllo"
+
+
+def test_a_named_tokenizer_that_cannot_serve_the_model_is_refused(tmp_path, caplog):
+    make_tiny_qwen2().save_pretrained(tmp_path / "model")  # vocabulary of 300
+    (tmp_path / "byt5").mkdir()
+    (tmp_path / "byt5" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "ByT5Tokenizer"}))
+    (tmp_path / "empty").mkdir()
+    cases = {"missing": "does not exist", "byt5": "384 tokens but the model's vocabulary holds only 300",
+             "empty": "cannot be used"}
+    for name, expected in cases.items():
+        manager = ModelManager(str(tmp_path / "model"), tokenizer=str(tmp_path / name))
+        with caplog.at_level(logging.ERROR, logger="engine.model_manager"):
+            assert manager.load_model() is False
+        assert manager.model is None and expected in manager.error and str(tmp_path / name) in manager.error
 
 
 def test_refuses_remote_code(tiny_dir, caplog):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.events import CheckpointDeleted, CheckpointList, CheckpointSaved
-from engine.run_dir_watch import RunDirWatcher
+from engine.runtime.run_dir_watch import RunDirWatcher
 from tests.engine_harness import engines, tiny_model_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

@@ -49,7 +49,7 @@ def test_help_documents_every_option():
     version = subprocess.run([*COMMAND, "--version"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert version.stdout.startswith("redline ")
     headless = subprocess.run([*COMMAND, "run", "--headless", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert headless.returncode == 0 and "exit codes" in headless.stdout  # dispatched to engine.headless
+    assert headless.returncode == 0 and "exit codes" in headless.stdout  # dispatched to engine.runtime.headless
 
 
 def test_bad_input_is_a_clear_error_with_code_2(tmp_path):

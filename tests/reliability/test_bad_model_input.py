@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.headless import EXIT_BAD_INPUT
-from engine.headless import main as headless_main
+from engine.runtime.headless import EXIT_BAD_INPUT
+from engine.runtime.headless import main as headless_main
 from engine.model_manager import ModelManager
 from tests.engine_harness import tiny_model_dir, write_experiment  # noqa: F401  (fixture)
 

@@ -19,7 +19,7 @@ from console.app import RedlineApp
 from console.screens.help_screen import HelpScreen
 from engine.checkpointing import CheckpointManager
 from engine.commands import RunExperiment, Save
-from engine.emergency import good_checkpoints
+from engine.runtime.emergency import good_checkpoints
 from engine.events import EngineState
 from tests.console.test_console_engine import WIDE, make_engine
 from tests.engine_harness import tiny_model_dir, write_experiment  # noqa: F401  (fixture)
@@ -110,7 +110,7 @@ async def test_faulty_experiments_roll_back_and_the_console_keeps_answering(tmp_
                         and engine.core.pending is None, f"{what}: the engine back to idle")
             answered &= await console_answers(pilot, app)
             survived = engine.is_alive() and engine.outcome in ("failed", "rolled_back", "stopped")
-            target = good_checkpoints(engine.core)[0]["id"]  # what the engine rolled back to
+            target = good_checkpoints(engine.core.checkpoints)[0]["id"]  # what the engine rolled back to
             lost = engine.core.checkpoints.compare_with_model(target)["num_differences"]
             lost += changed(good, engine.core.model)
             good = fingerprint(engine.core.model)

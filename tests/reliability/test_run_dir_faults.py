@@ -11,7 +11,7 @@ import pytest
 
 from engine.checkpointing import CheckpointManager
 from engine.commands import Save
-from engine.emergency import good_checkpoints
+from engine.runtime.emergency import good_checkpoints
 from engine.events import CheckpointList, EngineState
 from engine.memory import MemorySystem
 from tests.engine_harness import engines, tiny_model_dir, write_experiment  # noqa: F401  (fixtures)
@@ -42,7 +42,7 @@ def test_run_directory_deleted_while_the_engine_runs(engines, tiny_model_dir, tm
     driver.engine.emergency_stop("test: after deletion")
     outcome = driver.wait_outcome()
     alive = driver.engine.is_alive() and driver.engine.state is not EngineState.ERROR
-    target = good_checkpoints(driver.core)[0]["id"]
+    target = good_checkpoints(driver.core.checkpoints)[0]["id"]
     lost = driver.core.checkpoints.compare_with_model(target)["num_differences"]
     fresh = CheckpointManager(driver.core.model, run_dir / "checkpoints", memory_snapshot=False)
     lost += sum(not fresh.verify_checkpoint(c["id"]) for c in fresh.list_checkpoints())

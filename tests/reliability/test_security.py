@@ -151,7 +151,7 @@ def test_a_real_run_writes_only_private_files_even_under_umask_000(tiny_model_di
     run_dir = tmp_path / "home" / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "REDLINE_HOME": str(tmp_path / "home")}
     out = subprocess.run(
-        [sys.executable, "-m", "engine.headless", "--headless", "--model", str(tiny_model_dir), "--run-dir",
+        [sys.executable, "-m", "engine.runtime.headless", "--headless", "--model", str(tiny_model_dir), "--run-dir",
          str(run_dir), "--device", "cpu", "--experiment", str(experiment), "--max-steps", "4"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, preexec_fn=lambda: os.umask(0),
     )

@@ -26,7 +26,7 @@ class ExperimentLoadError(Exception):
 
 
 class ExperimentHost(Protocol):
-    """What the engine provides to a context (implemented by the engine thread)."""
+    """What the engine provides to a context (engine.runtime.experiment_runner.ExperimentRunner)."""
 
     model: Any
     tokenizer: Any

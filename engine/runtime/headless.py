@@ -24,7 +24,8 @@ from typing import TextIO
 
 from engine.commands import Shutdown
 from engine.events import EngineState
-from engine.runtime import (
+from engine.runtime.engine import Engine, EngineConfig
+from engine.runtime.outcomes import (
     OUTCOME_FAILED,
     OUTCOME_FINISHED,
     OUTCOME_LOAD_ERROR,
@@ -32,8 +33,6 @@ from engine.runtime import (
     OUTCOME_ROLLED_BACK,
     OUTCOME_STOPPED,
     OUTCOME_UNRECOVERED,
-    Engine,
-    EngineConfig,
 )
 
 EXIT_OK = 0
@@ -79,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 ... (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop the experiment after N steps")
+    parser.add_argument("--tokenizer", default=None, metavar="PATH",
+                        help="load the tokenizer from this directory instead of the model's (without any "
+                             "tokenizer the model is still supervised, with perplexity off)")
     parser.add_argument("--no-forensic", action="store_true",
                         help="do not keep the state before a rollback as a forensic checkpoint")
     return parser
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         dtype=args.dtype,
         forensic_checkpoints=not args.no_forensic,
         experiment_options=options,
+        tokenizer=args.tokenizer,
     )
     signals = _Signals()
     signals.install()

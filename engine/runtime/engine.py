@@ -4,7 +4,7 @@
 and owns it, the checkpoints, the safety monitor, the inspector, the memory and
 the experiment. Clients talk to it only through commands (`submit`) and events
 (`drain_events`); `emergency_stop` bypasses the queue. Importing this module
-imports no torch: torch is imported inside the engine thread.
+imports no torch: torch is imported inside the engine thread (engine.runtime.core).
 """
 
 from __future__ import annotations
@@ -18,18 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.commands import Command, EmergencyStop, Shutdown
-from engine.event_stream import EventStream
 from engine.events import CommandDone, EngineState, Event
-from engine.stop import EMERGENCY, SHUTDOWN, StopSignal
-
-# How a run of the experiment ended (Engine.outcome); headless mode maps these to exit codes.
-OUTCOME_FINISHED = "finished"  # run(ctx) returned, or max_steps reached
-OUTCOME_STOPPED = "stopped"  # stopped by the operator (emergency stop) or by shutdown; model recovered
-OUTCOME_ROLLED_BACK = "rolled_back"  # an automatic emergency procedure stopped it; model recovered
-OUTCOME_FAILED = "failed"  # run(ctx) raised; model rolled back
-OUTCOME_LOAD_ERROR = "load_error"  # the experiment file could not be used
-OUTCOME_MODEL_ERROR = "model_error"  # the model could not be loaded
-OUTCOME_UNRECOVERED = "unrecovered"  # a CRITICAL problem the engine could not repair
+from engine.runtime.event_stream import EventStream
+from engine.runtime.stop import EMERGENCY, SHUTDOWN, StopSignal
 
 
 @dataclass
@@ -47,6 +38,7 @@ class EngineConfig:
     evaluate_every: int = 5  # steps between perplexity measurements (0: never)
     experiment_options: dict[str, Any] = field(default_factory=dict)  # ctx.options (max_steps, batch_size, auto_restart...)
     threads: int | None = None  # torch intra-op threads (None: torch's default); a console leaves a core for the UI
+    tokenizer: str | Path | None = None  # a tokenizer directory other than the model's (None: the model's own)
 
 
 class Engine:
@@ -63,7 +55,7 @@ class Engine:
         self._shutdown_requested = False
         self._lock = threading.Lock()
         self.started_at = 0.0
-        self.outcome: str | None = None  # how the last experiment run ended (OUTCOME_*); None while one runs
+        self.outcome: str | None = None  # how the last experiment run ended (engine.runtime.outcomes); None while one runs
         self.error: str | None = None  # the engine's own failure or the model load error, if any
         self.error_experiment: str | None = None  # why the last experiment file could not be used
         self.core: Any = None  # the engine thread's internals, for tests and diagnostics; never touch from a client
@@ -85,7 +77,7 @@ class Engine:
             self._thread.start()
 
     def _thread_main(self) -> None:
-        from engine.engine_thread import EngineCore
+        from engine.runtime.core import EngineCore
 
         EngineCore(self).run()
 

@@ -1,0 +1,145 @@
+"""Keeping clients' view of the checkpoints in step with the directory.
+
+`CheckpointSync` publishes every checkpoint change: the engine's own saves,
+restores and deletions, automatic pruning (engine.store.pruning), and
+checkpoints other processes write into the same run directory, which a
+watchdog observer notices (or, without one, the periodic health scan).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from engine.events import CheckpointDeleted, CheckpointInfo, CheckpointList, CheckpointRestored, CheckpointSaved
+from engine.runtime.run_dir_watch import RunDirWatcher
+from engine.store.pruning import KEEP_AUTOMATIC, automatic_to_prune
+
+
+def checkpoint_info(entry: dict) -> CheckpointInfo:
+    """A `list_checkpoints()` entry as clients see it."""
+    metadata = entry.get("metadata") or {}
+    tags = metadata.get("tags") or ()
+    return CheckpointInfo(
+        id=entry["id"],
+        created=float(entry.get("timestamp") or 0.0),
+        purpose=str(metadata.get("purpose", "")),
+        state=str(metadata.get("state", "")),
+        size_bytes=int(entry.get("size_bytes") or 0),
+        verified=entry.get("verified"),
+        health=str(metadata.get("health", "")),
+        tags=tuple(str(t) for t in tags) if isinstance(tags, (list, tuple)) else (str(tags),),
+        metadata_json=json.dumps(metadata, ensure_ascii=False, sort_keys=True, default=str),
+    )
+
+
+class CheckpointSync:
+    """The engine's checkpoint operations and the published list; runs in the engine thread."""
+
+    def __init__(self, core: Any):
+        self._core = core  # the EngineCore: its checkpoint manager, command queue, publish() and alert()
+        self.known: tuple[str, ...] = ()  # ids in the last published list
+        self.dirty = False  # set (from the observer thread) when the directory changed
+        self.watcher: RunDirWatcher | None = None
+
+    # -- the engine's own changes ------------------------------------------------------------
+    def save(self, metadata: dict, *, hold: bool) -> str:
+        """Save the model with `metadata` (plus experiment and step), publish it; hold it in memory if asked."""
+        core = self._core
+        metadata = {**metadata, "experiment": core.experiment_name, "step": core.step}
+        started = time.perf_counter()
+        checkpoint_id = core.checkpoints.save_checkpoint(metadata=metadata)
+        seconds = time.perf_counter() - started
+        if hold:
+            core.checkpoints.hold_in_memory(checkpoint_id)
+        core.publish(CheckpointSaved(checkpoint=checkpoint_info(core.checkpoints.get_checkpoint(checkpoint_id)),
+                                     seconds=seconds))
+        self.publish_list()
+        return checkpoint_id
+
+    def restore(self, checkpoint_id: str) -> bool:
+        """Restore one checkpoint, publishing progress and the result."""
+        core = self._core
+        report = core.progress_callback("restore")
+        report(0, 1, f"restoring {checkpoint_id}")
+        started = time.perf_counter()
+        ok = core.checkpoints.restore_checkpoint(checkpoint_id)
+        seconds = time.perf_counter() - started
+        report(1, 1, "restored" if ok else "restore failed")
+        core.publish(CheckpointRestored(checkpoint_id=checkpoint_id, ok=ok, seconds=seconds,
+                                        message="" if ok else (core.checkpoints.last_error or "restore failed")))
+        if ok:
+            core.health.perplexity_status = "OK"
+            core.health.last_perplexity = None
+        return ok
+
+    def delete(self, checkpoint_id: str) -> bool:
+        ok = self._core.checkpoints.delete_checkpoint(checkpoint_id)
+        if ok:
+            self._core.publish(CheckpointDeleted(checkpoint_id=checkpoint_id))
+            self.publish_list()
+        return ok
+
+    def prune_automatic(self) -> None:
+        """Delete automatic checkpoints beyond the newest KEEP_AUTOMATIC (never the one held in memory)."""
+        checkpoints = self._core.checkpoints
+        held = getattr(checkpoints, "memory_snapshot_id", None)
+        for checkpoint_id in automatic_to_prune(checkpoints.list_checkpoints(), KEEP_AUTOMATIC,
+                                                protected={held} if held else ()):
+            if checkpoints.delete_checkpoint(checkpoint_id):
+                self._core.publish(CheckpointDeleted(checkpoint_id=checkpoint_id))
+
+    def publish_list(self, entries: list[dict] | None = None) -> None:
+        checkpoints = self._core.checkpoints
+        if checkpoints is None:
+            return
+        if entries is None:
+            entries = checkpoints.list_checkpoints()
+        self.known = tuple(e["id"] for e in entries)
+        self._core.publish(CheckpointList(checkpoints=tuple(checkpoint_info(e) for e in entries),
+                                          disk_usage=int(checkpoints.get_disk_usage())))
+
+    # -- other processes' changes --------------------------------------------------------------
+    def watch(self) -> None:
+        """Start watching the checkpoint directory; a LOW alert when it cannot be watched."""
+        checkpoints = self._core.checkpoints
+        if checkpoints is None:
+            return
+        self.watcher = RunDirWatcher(checkpoints.watch_path, self.notice_change)
+        if not self.watcher.start():
+            self._core.alert("LOW", f"Not watching {checkpoints.watch_path} for other processes' checkpoints; "
+                                    "they will show up at the next health scan instead")
+
+    def stop_watching(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+
+    def notice_change(self) -> None:
+        """Called from the watchdog thread: only a flag and a wake-up."""
+        if not self.dirty:
+            self.dirty = True
+            self._core.commands.put(None)
+
+    def poll_if_unwatched(self) -> None:
+        """Without a running watcher, re-list at the next chance (called at each periodic health scan)."""
+        if self.watcher is None or not self.watcher.running:
+            self.dirty = self._core.checkpoints is not None
+
+    def sync(self) -> None:
+        """Re-list after a change on disk; publish what other processes added or removed."""
+        self.dirty = False
+        checkpoints = self._core.checkpoints
+        if checkpoints is None:
+            return
+        entries = checkpoints.list_checkpoints()
+        ids = tuple(e["id"] for e in entries)
+        if ids == self.known:
+            return
+        before = set(self.known)
+        self.publish_list(entries)  # the list first: a client that sees the news also has the list
+        for entry in entries:
+            if entry["id"] not in before:
+                self._core.publish(CheckpointSaved(checkpoint=checkpoint_info(entry), origin="external"))
+        for gone in before - set(ids):
+            self._core.publish(CheckpointDeleted(checkpoint_id=gone, origin="external"))
