@@ -3,9 +3,10 @@
 Absolute limits (`max_weight_value`) miss a model whose weights are all small
 and flag one whose weights are all large; a tensor judged against its own
 baseline max|w| and RMS is independent of scale. Tensors whose baseline is
-(near) zero, such as zero-initialised biases, are judged against a floor: the
-median of that statistic over all tensors, so a bias growing from 0 to a
-normal size is no departure. Stored as JSON in the run directory, so an engine
+small, such as zero-initialised biases, are judged against floors: the RMS of
+the whole model, and the median max|w| of the tensors that are not all zero
+(which an all-zero tensor's RMS is judged against too), so a bias growing
+from 0 to a normal weight's size is no departure. Stored as JSON in the run directory, so an engine
 restarted on the same run keeps judging against the original baseline.
 """
 
@@ -44,8 +45,11 @@ class BaselineStats:
         self.tensors = tensors
         self.checkpoint_id = checkpoint_id
         finite = [t for t in tensors.values() if math.isfinite(t.max_abs) and math.isfinite(t.rms)]
-        self.max_abs_floor = statistics.median(t.max_abs for t in finite) if finite else 0.0
-        self.rms_floor = statistics.median(t.rms for t in finite) if finite else 0.0
+        nonzero = [t.max_abs for t in finite if t.max_abs > 0]
+        self.max_abs_floor = statistics.median(nonzero) if nonzero else 0.0
+        numel = sum(math.prod(t.shape) for t in finite)
+        squares = sum(t.rms ** 2 * math.prod(t.shape) for t in finite)
+        self.rms_floor = math.sqrt(squares / numel) if numel else 0.0
 
     @classmethod
     def from_scan(cls, scan: ScanResult, checkpoint_id: str = "") -> "BaselineStats":
@@ -71,7 +75,8 @@ class BaselineStats:
         if base is None:
             return math.nan, math.nan
         max_ratio = stats.finite_max_abs / max(base.max_abs, self.max_abs_floor, 1e-30)
-        rms_ratio = _rms(stats) / max(base.rms, self.rms_floor, 1e-30) if stats.norm is not None else math.nan
+        rms_base = base.rms if base.max_abs > 0 else self.max_abs_floor
+        rms_ratio = _rms(stats) / max(rms_base, self.rms_floor, 1e-30) if stats.norm is not None else math.nan
         return max_ratio, rms_ratio
 
     def save(self, path: str | Path) -> None:

@@ -37,6 +37,7 @@ class Detector:
         self.dead = DeadGradients(p["dead_gradients"]["history"])
         self.escalation = Escalation(p["escalation"]["persist_steps"], p["escalation"]["growth"])
         self.updates = UpdateSize(model, norm_floor_rms=baseline.rms_floor if baseline else 0.0)
+        self.last_updates: list[tuple[str, float]] = []  # (tensor, ||dW||/||W||) of the last step's changes
 
     def set_baseline(self, baseline: BaselineStats) -> None:
         self.baseline = baseline
@@ -55,7 +56,8 @@ class Detector:
             issues += departure_issues(scan, self.baseline, p["baseline_departure"]["high"],
                                        p["baseline_departure"]["critical"])[:MAX_ISSUES_PER_RULE]
         if self.on("update_size"):
-            issues += update_issues(self.updates.measure(scan), p["update_size"]["high"],
+            self.last_updates = self.updates.measure(scan)
+            issues += update_issues(self.last_updates, p["update_size"]["high"],
                                     p["update_size"]["critical"])[:MAX_ISSUES_PER_RULE]
         loss_median = self.series.median("loss")
         for series, value, upward in self._series(scan, loss, metrics, activation_peaks):
