@@ -284,12 +284,10 @@ class SafetyMonitor:
         with self._lock:
             return [dict(a) for a in self._alerts if a["severity"] == wanted]
 
-    def report_issues(self, scope: object, issues: list[dict]) -> dict:
+    def report_issues(self, scope: object, issues: list[dict]) -> None:
         """Alert issues found elsewhere (engine.detection), deduplicated per `scope` like a check's."""
-        result = {"status": status_for(i["severity"] for i in issues), "message": _summary(issues),
-                  "issues": list(issues)}
-        self._after_check(scope, result)
-        return result
+        self._after_check(scope, {"status": status_for(i["severity"] for i in issues), "issues": list(issues),
+                                  "message": _summary(issues)})
 
     def raise_alert(self, severity: Severity | str, message: str, source: str = "safety", **extra) -> dict:
         """Record one alert directly (journal + listeners), without deduplication."""

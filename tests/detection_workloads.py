@@ -12,6 +12,7 @@ wrong at step `onset` (or nothing, for "healthy"):
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import torch
@@ -21,6 +22,7 @@ SEQ_LEN = 64
 BATCH = 4
 
 
+@functools.lru_cache(maxsize=4)
 def corpus_ids(vocab_size: int) -> torch.Tensor:
     from engine.corpus import corpus_text
     from engine.tokenizer import byte_tokenizer

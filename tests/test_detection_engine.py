@@ -61,6 +61,7 @@ def _assert_clean(model: torch.nn.Module) -> None:
         assert p.grad is None, f"{name} still holds a gradient after the rollback"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny", "demo"])
 def test_learning_rate_spike_rolls_back_within_two_steps(engines, tiny_model_dir, demo_model_dir, tmp_path, model):
     directory = tiny_model_dir if model == "tiny" else demo_model_dir
@@ -80,6 +81,7 @@ def test_learning_rate_spike_rolls_back_within_two_steps(engines, tiny_model_dir
     assert any("Verified" in m and "after restore" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_healthy_finetune_raises_nothing_high(engines, tiny_model_dir, tmp_path):
     driver = engines(tiny_model_dir, tmp_path / "run", _finetune(tmp_path, spike=False, steps=30))
     assert driver.wait_outcome(timeout=300) == "finished"

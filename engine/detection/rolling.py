@@ -108,6 +108,11 @@ class DeadGradients:
         self.nonzero: dict[str, int] = {}
 
     def observe(self, grads: Iterable[GradStats]) -> dict | None:
+        """Judge this step's gradients; a parameter without a gradient now (None) starts its history afresh."""
+        grads = list(grads)
+        present = {g.name for g in grads}
+        for name in [n for n in self.nonzero if n not in present]:
+            del self.nonzero[name]
         died = []
         for g in grads:
             if not math.isfinite(g.norm):

@@ -322,8 +322,14 @@ class ExperimentRunner:
         """Measure perplexity; unwind for the degradation procedure when it is CRITICAL."""
         watch = self._core.health
         perplexity = watch.evaluate()
-        if perplexity is not None and watch.perplexity_status == "CRITICAL":
+        if perplexity is None or watch.perplexity_status == "OK":
+            return
+        action = self._core.detection.policy.action_for("perplexity", watch.perplexity_status)
+        if action is Action.ROLLBACK:
             raise ProcedureRequired("degraded", {"perplexity": perplexity, "baseline": watch.baseline_perplexity})
+        issue = {"rule": "perplexity", "action": action.value, "severity": watch.perplexity_status,
+                 "message": f"perplexity {perplexity:.4g} vs baseline {watch.baseline_perplexity:.4g}"}
+        self._act(action, [issue], {"issues": [issue], "message": issue["message"]})
 
     def _pause_here(self) -> None:
         core = self._core
