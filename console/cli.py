@@ -84,6 +84,9 @@ def console_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", metavar="DTYPE", help="model dtype: bfloat16, float16, float32 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--no-forensic", action="store_true",
                         help="on emergency stop, do not keep the rolled-back-from state as a forensic checkpoint")
+    parser.add_argument("--policy", default=None, metavar="FILE",
+                        help="a TOML policy file: thresholds, rule parameters and actions over the defaults "
+                             "(and over policy.toml in the run directory)")
     _add_display_options(parser)
     parser.add_argument("--version", action="version", version=f"redline {_version()}")
     return parser
@@ -133,6 +136,13 @@ def _console(args: argparse.Namespace) -> int:
         return _fail(f"experiment file {experiment!r} not found; give a .py file defining run(ctx), 'demo' or 'none'")
     if problem := _check_model_options(args):
         return _fail(problem)
+    if args.policy is not None:
+        from engine.policy_file import PolicyError, load_policy_file
+
+        try:
+            load_policy_file(args.policy)
+        except PolicyError as exc:
+            return _fail(f"--policy: {exc}")
     from engine.runtime import Engine, EngineConfig
 
     config = EngineConfig(
@@ -145,6 +155,7 @@ def _console(args: argparse.Namespace) -> int:
         forensic_checkpoints=not args.no_forensic,
         threads=engine_threads(),
         tokenizer=str(args.tokenizer) if args.tokenizer is not None else None,
+        policy_file=args.policy,
     )
     return run_console(Engine(config), args)
 

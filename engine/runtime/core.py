@@ -23,14 +23,16 @@ from engine.commands import Shutdown
 from engine.events import Alert, CommandDone, EngineState, EngineStateChanged, Progress, RunOutcome
 from engine.fsutil import secure_mkdir
 from engine.policy import Severity
+from engine.policy_file import PolicyError
 from engine.runtime.checkpoint_sync import CheckpointSync
 from engine.runtime.coupling import Coupling
+from engine.runtime.detection_watch import DetectionWatch
 from engine.runtime.experiment_context import last_frame_in
 from engine.runtime.experiment_runner import ExperimentRunner
 from engine.runtime.handlers import CommandHandlers
 from engine.runtime.health import HealthWatch
 from engine.runtime.loop import ERROR, IDLE, CommandLoop
-from engine.runtime.outcomes import OUTCOME_MODEL_ERROR
+from engine.runtime.outcomes import OUTCOME_MODEL_ERROR, OUTCOME_POLICY_ERROR
 from engine.runtime.recovery import RecoveryActions
 from engine.runtime.stop import EMERGENCY, EmergencyStopRequested, StopSupervisor
 from engine.store.metadata import CheckpointState, checkpoint_metadata
@@ -70,6 +72,7 @@ class EngineCore:
         self.supervisor: StopSupervisor | None = None
         self.halted_at = 0.0  # perf_counter() when the last stopped experiment had unwound
         self.health = HealthWatch(self)
+        self.detection = DetectionWatch(self)
         self.sync = CheckpointSync(self)
         self.coupling = Coupling(self)
         self.runner = ExperimentRunner(self)
@@ -100,7 +103,8 @@ class EngineCore:
     def forward_alert(self, alert: dict) -> None:
         """SafetyMonitor listener: every alert it raises becomes an Alert event."""
         self.publish(Alert(severity=Severity.parse(alert.get("severity", "INFO")).name,
-                           message=str(alert.get("message", "")), source=str(alert.get("source") or "safety")))
+                           message=str(alert.get("message", "")), source=str(alert.get("source") or "safety"),
+                           rule=str(alert.get("rule") or ""), action=str(alert.get("action") or "")))
 
     def set_state(self, state: EngineState, detail: str = "") -> None:
         self.engine._set_state(state)
@@ -259,8 +263,17 @@ class EngineCore:
         if not readonly:
             secure_mkdir(self.run_dir)
             self.run_dir_identity = os.stat(self.run_dir).st_ino
+        try:
+            self.detection.load_policy()
+        except PolicyError as exc:
+            self.engine.error = str(exc)
+            self.set_outcome(OUTCOME_POLICY_ERROR, detail=str(exc))
+            self.alert("CRITICAL", f"Policy not usable: {exc}")
+            self.set_state(EngineState.ERROR, "policy file unusable")
+            return False
         self.safety = SafetyMonitor(run_dir=None if readonly else self.run_dir)
         self.safety.add_alert_listener(self.forward_alert)
+        self.detection.attach()
         self.safety.attach_activation_monitor(self.model)
         self.inspector = WeightInspector(self.model, config.model)
         if not readonly:
@@ -291,6 +304,7 @@ class EngineCore:
             )
             measured = f"perplexity {perplexity:.3f}" if perplexity is not None else "perplexity off"
             self.alert("INFO", f"Baseline checkpoint {baseline_id} saved ({measured})")
+        self.detection.record_baseline("" if readonly else baseline_id)
         self.health.publish(health)
         self.sync.publish_list()
         self.coupling.publish()
@@ -330,6 +344,7 @@ class EngineCore:
             return
         self.safety.detach_activation_monitor()
         self.safety.attach_activation_monitor(self.model)
+        self.detection.attach()
         self.inspector = WeightInspector(self.model, self.config.model)
         if self.memory is not None:
             self.memory.set_weight_inspector(self.inspector)

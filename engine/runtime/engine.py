@@ -39,6 +39,7 @@ class EngineConfig:
     experiment_options: dict[str, Any] = field(default_factory=dict)  # ctx.options (max_steps, batch_size, auto_restart...)
     threads: int | None = None  # torch intra-op threads (None: torch's default); a console leaves a core for the UI
     tokenizer: str | Path | None = None  # a tokenizer directory other than the model's (None: the model's own)
+    policy_file: str | Path | None = None  # a TOML policy over the defaults and the run dir's policy.toml
 
 
 class Engine:

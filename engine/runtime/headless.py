@@ -24,12 +24,14 @@ from typing import TextIO
 
 from engine.commands import Shutdown
 from engine.events import EngineState
+from engine.policy_file import PolicyError, load_policy_file
 from engine.runtime.engine import Engine, EngineConfig
 from engine.runtime.outcomes import (
     OUTCOME_FAILED,
     OUTCOME_FINISHED,
     OUTCOME_LOAD_ERROR,
     OUTCOME_MODEL_ERROR,
+    OUTCOME_POLICY_ERROR,
     OUTCOME_ROLLED_BACK,
     OUTCOME_STOPPED,
     OUTCOME_UNRECOVERED,
@@ -48,13 +50,16 @@ _OUTCOME_EXIT = {
     OUTCOME_FAILED: EXIT_RECOVERED,
     OUTCOME_LOAD_ERROR: EXIT_BAD_INPUT,
     OUTCOME_MODEL_ERROR: EXIT_BAD_INPUT,
+    OUTCOME_POLICY_ERROR: EXIT_BAD_INPUT,
     OUTCOME_UNRECOVERED: EXIT_UNRECOVERED,
 }
+
+_BAD_INPUT = (OUTCOME_MODEL_ERROR, OUTCOME_POLICY_ERROR)  # the engine stopped before any experiment ran
 
 EPILOG = """exit codes:
   0  finished, or stopped cleanly by SIGINT/SIGTERM/SIGHUP (stop, final checkpoint, exit)
   1  stopped by an automatic rollback or an exception in the experiment; model recovered
-  2  bad input (model or experiment file unusable)
+  2  bad input (model, experiment or policy file unusable)
   3  unrecovered CRITICAL (rollback failed / model left unhealthy)
   4  engine failure
 """
@@ -81,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer", default=None, metavar="PATH",
                         help="load the tokenizer from this directory instead of the model's (without any "
                              "tokenizer the model is still supervised, with perplexity off)")
+    parser.add_argument("--policy", default=None, metavar="FILE",
+                        help="a TOML policy file: thresholds, rule parameters and actions over the defaults "
+                             "(and over policy.toml in the run directory)")
     parser.add_argument("--no-forensic", action="store_true",
                         help="do not keep the state before a rollback as a forensic checkpoint")
     return parser
@@ -127,6 +135,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         print(f"--max-steps must be at least 1, got {args.max_steps}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.policy is not None:
+        try:
+            load_policy_file(args.policy)
+        except PolicyError as exc:
+            print(f"--policy: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     options = {}
     if args.max_steps is not None:
         options["max_steps"] = args.max_steps
@@ -139,6 +153,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         forensic_checkpoints=not args.no_forensic,
         experiment_options=options,
         tokenizer=args.tokenizer,
+        policy_file=args.policy,
     )
     signals = _Signals()
     signals.install()
@@ -157,7 +172,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             if signals.received is not None or not stdout_ok:
                 code = EXIT_OK
             elif engine.state == EngineState.ERROR:
-                code = EXIT_BAD_INPUT if engine.outcome == OUTCOME_MODEL_ERROR else EXIT_ENGINE_FAILURE
+                code = EXIT_BAD_INPUT if engine.outcome in _BAD_INPUT else EXIT_ENGINE_FAILURE
             elif engine.state == EngineState.IDLE and not _restart_pending(engine):
                 if engine.outcome is not None:
                     code = _OUTCOME_EXIT.get(engine.outcome, EXIT_OK)
@@ -171,7 +186,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     finally:
         signals.restore()
     if code is None:  # the thread ended on its own
-        code = EXIT_ENGINE_FAILURE if engine.error and engine.outcome != OUTCOME_MODEL_ERROR else EXIT_BAD_INPUT
+        code = EXIT_ENGINE_FAILURE if engine.error and engine.outcome not in _BAD_INPUT else EXIT_BAD_INPUT
     return code
 
 
