@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- hashing
         views = [t.reshape(-1).view(torch.uint8).numpy() for t in state.values()]
-        from engine.checkpoint_store import tensor_hash
+        from engine.store.blobs import tensor_hash
 
         t_b3 = best(lambda: [tensor_hash("U8", (v.size,), v) for v in views], rounds)
         t_sha = best(lambda: [hashlib.sha256(v).digest() for v in views], 1)

@@ -6,44 +6,37 @@
 
 Files are standard safetensors (one content-addressed file per distinct tensor, so an unchanged
 tensor is never written twice) plus one JSON manifest per checkpoint; nothing is pickled.
-See engine/checkpoint_store.py for the layout and the crash-safety argument, and
-engine/auto_checkpoint.py for AutoCheckpointer.
+See engine/store/store.py for the layout and the crash-safety argument, and
+engine/store/auto_checkpoint.py for AutoCheckpointer. Another storage backend plugs in as
+``CheckpointManager(..., store=...)`` (engine/store/interface.py).
 """
 
 from __future__ import annotations
 
-import copy
-import contextlib
 import datetime as _dt
-import json
-import math
 import os
-import secrets
-import threading
-from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from engine.checkpoint_store import (
+from engine.store import auto_checkpoint
+from engine.store.blobs import tensor_hash, tensor_hasher
+from engine.store.comparison import compare_manifests, compare_to_model, fit
+from engine.store.errors import (
     CheckpointCorrupted,
     CheckpointError,
     CheckpointMismatch,
     CheckpointNotFound,
-    CheckpointStore,
     InvalidCheckpointId,
-    Manifest,
     MetadataTooLarge,
-    TensorRecord,
-    check_id,
-    encode_metadata,
-    new_id,
-    tensor_hash,
-    tensor_hasher,
 )
-from engine.checkpoint_tensors import (
-    TensorGroup,
+from engine.store.export import export_tensors, write_pretrained, write_safetensors
+from engine.store.interface import CheckpointStorage
+from engine.store.manifests import Manifest, TensorRecord, check_id, manifest_body, new_id
+from engine.store.metadata import encode_metadata
+from engine.store.snapshot import Claims, HeldTensor, Snapshot
+from engine.store.store import CheckpointStore
+from engine.store.tensors import (
     as_tensor,
     copy_and_hash,
     host_bytes,
@@ -54,72 +47,7 @@ from engine.checkpoint_tensors import (
     sync_devices,
     untracked,
 )
-from engine.fsutil import FILE_MODE, TEMP_PREFIX, secure_mkdir
-
-_MAX_LISTED_PROBLEMS = 5
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-
-
-def _run_all(fn, items) -> list:
-    """fn over items on the I/O pool; waits for every task before raising the first error."""
-    futures = [_io_pool().submit(fn, item) for item in items]
-    wait(futures)
-    return [f.result() for f in futures]
-
-
-def _io_pool() -> ThreadPoolExecutor:
-    """Shared workers for hashing, comparing and file I/O (all release the GIL)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(
-                max_workers=min(8, max(4, os.cpu_count() or 4)), thread_name_prefix="redline-ckpt"
-            )
-        return _pool
-
-
-@dataclass
-class _Held:
-    """One tensor of the in-memory snapshot: verified bytes and their hash."""
-
-    hash: str
-    dtype: str
-    shape: tuple[int, ...]
-    buf: torch.Tensor
-
-
-@dataclass
-class _Snapshot:
-    """A checkpoint's state held in host memory (pinned on CUDA)."""
-
-    checkpoint_id: str | None
-    manifest: Manifest | None
-    tensors: dict[str, _Held]  # by the manifest's (first) tensor name
-    pinned: bool = False
-    by_hash: dict[str, torch.Tensor] = field(init=False)
-
-    def __post_init__(self):
-        self.by_hash = {h.hash: h.buf for h in self.tensors.values()}
-
-    @property
-    def nbytes(self) -> int:
-        return sum(b.nbytes for b in self.by_hash.values())
-
-
-class _Claims:
-    """Hashes already handled by this save (equal tensors in one model are written once)."""
-
-    def __init__(self):
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
-
-    def first(self, digest: str) -> bool:
-        with self._lock:
-            if digest in self._seen:
-                return False
-            self._seen.add(digest)
-            return True
+from engine.store.workers import run_all
 
 
 class CheckpointManager:
@@ -147,6 +75,10 @@ class CheckpointManager:
     but after a power loss the newest checkpoints may be found damaged (verification says
     so; none is ever silently wrong).
 
+    Storage: ``store=`` takes any CheckpointStorage (engine/store/interface.py); the default
+    is the content-addressed CheckpointStore in `checkpoint_dir`. ``watch_path`` is the folder
+    whose changes mean another process saved or deleted a checkpoint.
+
     Thread use: save/restore/delete from one thread at a time per manager (the engine
     thread); list_checkpoints/get_checkpoint from any. Several managers, in this or other
     processes, may share one directory.
@@ -160,19 +92,29 @@ class CheckpointManager:
         memory_snapshot: bool = True,
         pin_memory: bool | None = None,
         durable: bool = True,
+        store: CheckpointStorage | None = None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self.model = model
         self.memory_snapshot = memory_snapshot
         self.pin_memory = pin_memory
-        self._store = CheckpointStore(checkpoint_dir, durable=durable)
-        self.checkpoint_dir: Path = self._store.root
-        self.manifest_dir: Path = self._store.manifest_dir
+        self.store: CheckpointStorage = store if store is not None else CheckpointStore(checkpoint_dir, durable=durable)
+        self.checkpoint_dir: Path = self.store.root
         self.last_error: str | None = None
-        self._snapshot: _Snapshot | None = None
+        self._snapshot: Snapshot | None = None
         self._verified: dict[str, bool] = {}
         self._damaged: dict[str, str] = {}
+
+    @property
+    def watch_path(self) -> Path:
+        """The folder whose changes mean another process saved or deleted a checkpoint."""
+        return self.store.watch_path
+
+    @property
+    def manifest_dir(self) -> Path:
+        """The default store's manifest folder: the same as watch_path (kept for the engine thread)."""
+        return self.store.watch_path
 
     # ------------------------------------------------------------ saving
 
@@ -188,7 +130,7 @@ class CheckpointManager:
         try:
             return self._save(meta)
         except (CheckpointError, OSError):
-            self._store.discard_unreferenced()
+            self.store.discard_unreferenced()
             raise
 
     def _save(self, meta: dict) -> str:
@@ -202,46 +144,33 @@ class CheckpointManager:
         with untracked():
             hosts = [host_bytes(g.tensor, pin) for g in groups]
             sync_devices(g.tensor for g in groups)
-            claimed = _Claims()
+            claimed = Claims()
             jobs = [
                 (g, dt, host, copied, snap.tensors.get(g.name) if snap else None, follow, claimed)
                 for g, dt, (host, copied) in zip(groups, dtypes, hosts)
             ]
-            with self._store.lock(exclusive=False):
-                results = _run_all(self._save_one, jobs)
+            with self.store.saving():
+                results = run_all(self._save_one, jobs)
                 written = [r[0] for r in results if r[1]]
-                if written:
-                    self._store.sync_blob_dirs(written, _io_pool())
                 records = tuple(
                     TensorRecord(g.name, digest, dt, g.shape, int(g.tensor.nbytes), tuple(g.names[1:]))
                     for g, dt, (digest, _wrote, _buf) in zip(groups, dtypes, results)
                 )
-                body = {
-                    "id": None,
-                    "created": now.isoformat(),
-                    "timestamp": now.timestamp(),
-                    "metadata": meta,
-                    "model_class": type(self.model).__name__,
-                    "model_type": str(getattr(getattr(self.model, "config", None), "model_type", "")),
-                    "tensors": [r.to_json() for r in records],
-                    "num_tensors": len(records),
-                    "size_bytes": sum(r.nbytes for r in records),
-                    "new_bytes": sum(r[1] for r in results),
-                }
+                body = manifest_body(now, meta, self.model, records, new_bytes=sum(r[1] for r in results))
                 for attempt in range(5):  # an id taken in the same second: draw another
                     body["id"] = checkpoint_id
-                    if self._store.write_manifest(body):
+                    if self.store.commit(body, written):
                         break
                     checkpoint_id = new_id(now)
                 else:
                     raise CheckpointError("could not find a free checkpoint id; save again")
-        manifest = self._store.read_manifest(checkpoint_id)
+        manifest = self.store.read_manifest(checkpoint_id)
         if follow:
             held = {
-                rec.name: _Held(rec.hash, rec.dtype, rec.shape, buf)
+                rec.name: HeldTensor(rec.hash, rec.dtype, rec.shape, buf)
                 for rec, (_d, _w, buf) in zip(records, results)
             }
-            self._snapshot = _Snapshot(checkpoint_id, manifest, held)
+            self._snapshot = Snapshot(checkpoint_id, manifest, held)
         return checkpoint_id
 
     def _save_one(self, job) -> tuple[str, int, torch.Tensor | None]:
@@ -262,10 +191,10 @@ class CheckpointManager:
                 digest = tensor_hash(dt, group.shape, numpy_bytes(source))
             keep = source if follow else None
         wrote = 0
-        if claimed.first(digest) and not self._store.blob_present(
+        if claimed.first(digest) and not self.store.has_blob(
             digest, dt, group.shape, host.nbytes
         ):
-            self._store.write_blob(digest, dt, group.shape, numpy_bytes(source))
+            self.store.write_blob(digest, dt, group.shape, numpy_bytes(source))
             wrote = host.nbytes
         return digest, wrote, keep
 
@@ -281,9 +210,9 @@ class CheckpointManager:
         """
         entries = []
         damaged: dict[str, str] = {}
-        for cid in self._store.list_ids():
+        for cid in self.store.list_ids():
             try:
-                entries.append(self._entry(self._store.read_manifest(cid)))
+                entries.append(self._entry(self.store.read_manifest(cid)))
             except CheckpointNotFound:
                 continue
             except CheckpointCorrupted as exc:
@@ -299,35 +228,23 @@ class CheckpointManager:
 
     def get_checkpoint(self, checkpoint_id: str) -> dict:
         """One checkpoint as list_checkpoints gives it; raises InvalidCheckpointId if unknown."""
-        return self._entry(self._store.read_manifest(check_id(checkpoint_id)))
+        return self._entry(self.store.read_manifest(check_id(checkpoint_id)))
 
     def _entry(self, m: Manifest) -> dict:
-        return {
-            "id": m.id,
-            "metadata": copy.deepcopy(m.metadata),
-            "created": m.created,
-            "timestamp": m.timestamp,
-            "size_bytes": m.size_bytes,
-            "new_bytes": m.new_bytes,
-            "num_tensors": len(m.tensors),
-            "verified": self._verified.get(m.id),
-            "in_memory": self.memory_snapshot_id == m.id,
-            "model_class": m.model_class,
-            "model_type": m.model_type,
-        }
+        return m.listing(verified=self._verified.get(m.id), in_memory=self.memory_snapshot_id == m.id)
 
     def get_disk_usage(self) -> int:
         """Bytes of every file under the checkpoint directory (apparent size)."""
-        return self._store.disk_usage()
+        return self.store.disk_usage()
 
     # ------------------------------------------------------------ verify / restore
 
     def verify_checkpoint(self, checkpoint_id: str) -> bool:
         """Re-hash every tensor file of a checkpoint; never touches the model."""
         try:
-            manifest = self._store.read_manifest(check_id(checkpoint_id))
+            manifest = self.store.read_manifest(check_id(checkpoint_id))
             unique = {r.hash: r for r in manifest.tensors}.values()
-            _run_all(lambda r: self._store.verify_blob(r, checkpoint_id=checkpoint_id), unique)
+            run_all(lambda r: self.store.read_blob(r, checkpoint_id=checkpoint_id), unique)
         except Exception as exc:
             return self._fail(checkpoint_id, exc)
         self._verified[checkpoint_id] = True
@@ -353,9 +270,9 @@ class CheckpointManager:
         check_id(checkpoint_id)
         snap = self._snapshot
         in_memory = snap is not None and snap.checkpoint_id == checkpoint_id
-        manifest = snap.manifest if in_memory else self._store.read_manifest(checkpoint_id)
+        manifest = snap.manifest if in_memory else self.store.read_manifest(checkpoint_id)
         groups = model_groups(self.model)
-        plan = _fit(manifest, groups, type(self.model).__name__)
+        plan = fit(manifest, groups, type(self.model).__name__)
         sources = self._load(manifest, {rec.hash: rec for _g, rec in plan}.values())
         with torch.no_grad(), untracked():
             for group, rec in plan:
@@ -365,7 +282,7 @@ class CheckpointManager:
         if not in_memory:
             self._verified[checkpoint_id] = True
             if self.memory_snapshot and not (snap and snap.pinned):
-                self._snapshot = self._snapshot_of(manifest, sources, pinned=False)
+                self._snapshot = Snapshot.of(manifest, sources, pinned=False)
 
     def _load(self, manifest: Manifest, records) -> dict[str, torch.Tensor]:
         """Verified host bytes for `records`: held ones from memory, the rest from disk."""
@@ -377,9 +294,9 @@ class CheckpointManager:
 
         def read(job):
             rec, buf = job
-            self._store.read_blob_into(rec, numpy_bytes(buf), checkpoint_id=manifest.id)
+            self.store.read_blob(rec, checkpoint_id=manifest.id, into=numpy_bytes(buf))
 
-        _run_all(read, list(zip(todo, bufs)))
+        run_all(read, list(zip(todo, bufs)))
         sources.update((r.hash, b) for r, b in zip(todo, bufs))
         return sources
 
@@ -419,21 +336,14 @@ class CheckpointManager:
         if snap is not None and snap.checkpoint_id == checkpoint_id:
             snap.pinned = True
             return
-        manifest = self._store.read_manifest(checkpoint_id)
+        manifest = self.store.read_manifest(checkpoint_id)
         sources = self._load(manifest, {r.hash: r for r in manifest.tensors}.values())
         self._verified[checkpoint_id] = True
-        self._snapshot = self._snapshot_of(manifest, sources, pinned=True)
+        self._snapshot = Snapshot.of(manifest, sources, pinned=True)
 
     def release_memory_snapshot(self) -> None:
         """Free the held snapshot; the next save (if memory_snapshot) holds its own state."""
         self._snapshot = None
-
-    @staticmethod
-    def _snapshot_of(manifest: Manifest, sources, pinned: bool) -> _Snapshot:
-        held = {
-            r.name: _Held(r.hash, r.dtype, r.shape, sources[r.hash]) for r in manifest.tensors
-        }
-        return _Snapshot(manifest.id, manifest, held, pinned=pinned)
 
     def _pin(self) -> bool:
         if not torch.cuda.is_available():
@@ -452,11 +362,9 @@ class CheckpointManager:
         in progress in any process, still needs are never removed.
         """
         check_id(checkpoint_id)
-        with self._store.lock(exclusive=True):
-            if not self._store.unlink_manifest(checkpoint_id):
-                self.last_error = f"no checkpoint {checkpoint_id} in {self.checkpoint_dir}"
-                return False
-            self._store.collect_garbage()
+        if not self.store.delete(checkpoint_id):
+            self.last_error = f"no checkpoint {checkpoint_id} in {self.checkpoint_dir}"
+            return False
         self._verified.pop(checkpoint_id, None)
         if self._snapshot and self._snapshot.checkpoint_id == checkpoint_id:
             self._snapshot.checkpoint_id = None  # bytes stay useful for incremental saves
@@ -473,87 +381,27 @@ class CheckpointManager:
         present in one checkpoint only, or with another shape or dtype, have change = inf and
         a `note`.
         """
-        m1 = self._store.read_manifest(check_id(checkpoint_id_1))
-        m2 = self._store.read_manifest(check_id(checkpoint_id_2))
-        names2 = m2.by_name()
-        seen2: set[str] = set()
-        diffs = []
-        for rec in m1.tensors:
-            other = next((names2[n] for n in rec.names if n in names2), None)
-            if other is None:
-                diffs.append(_structural(rec, "only in checkpoint_id_1"))
-                continue
-            seen2.add(other.name)
-            if other.hash == rec.hash:
-                continue
-            if other.dtype != rec.dtype or other.shape != rec.shape:
-                diffs.append(_structural(rec, f"{rec.dtype}{list(rec.shape)} -> "
-                                              f"{other.dtype}{list(other.shape)}"))
-                continue
-            bufs = self._load(m1, [rec]) | self._load(m2, [other])
-            a = as_tensor(bufs[rec.hash], rec.dtype, rec.shape)
-            b = as_tensor(bufs[other.hash], other.dtype, other.shape)
-            diffs.append(_difference(rec, a, b))
-        diffs += [_structural(r, "only in checkpoint_id_2") for r in m2.tensors if r.name not in seen2]
-        return _comparison(checkpoint_id_1, checkpoint_id_2, diffs)
+        m1 = self.store.read_manifest(check_id(checkpoint_id_1))
+        m2 = self.store.read_manifest(check_id(checkpoint_id_2))
+        return compare_manifests(m1, m2, self._load_one, checkpoint_id_1, checkpoint_id_2)
 
     def compare_with_model(self, checkpoint_id: str) -> dict:
         """Like compare_checkpoints, from a checkpoint to the live model ("current")."""
-        manifest = self._store.read_manifest(check_id(checkpoint_id))
-        names = manifest.by_name()
-        groups = model_groups(self.model)
-        seen: set[str] = set()
-        diffs = []
+        manifest = self.store.read_manifest(check_id(checkpoint_id))
         held = self._snapshot.by_hash if self._snapshot else {}
-        with untracked():
-            for g in groups:
-                rec = next((names[n] for n in g.names if n in names), None)
-                if rec is None:
-                    diffs.append(_structural(_record_of(g), "only in the model"))
-                    continue
-                seen.add(rec.name)
-                if rec.dtype != g.dtype_name or rec.shape != g.shape:
-                    diffs.append(_structural(rec, f"{rec.dtype}{list(rec.shape)} -> "
-                                                  f"{g.dtype_name}{list(g.shape)}"))
-                    continue
-                host, _ = host_bytes(g.tensor, False)
-                if rec.hash in held:
-                    if same_bytes(host, held[rec.hash]):
-                        continue
-                elif tensor_hash(rec.dtype, rec.shape, numpy_bytes(host)) == rec.hash:
-                    continue
-                a = as_tensor(self._load(manifest, [rec])[rec.hash], rec.dtype, rec.shape)
-                diffs.append(_difference(rec, a, g.tensor.detach().cpu()))
-        diffs += [_structural(r, "only in the checkpoint") for r in manifest.tensors
-                  if r.name not in seen]
-        return _comparison(checkpoint_id, "current", diffs)
+        return compare_to_model(manifest, model_groups(self.model), held, self._load_one, checkpoint_id)
+
+    def _load_one(self, manifest: Manifest, rec: TensorRecord) -> torch.Tensor:
+        """One verified tensor of `manifest`, viewed as its dtype and shape."""
+        return as_tensor(self._load(manifest, [rec])[rec.hash], rec.dtype, rec.shape)
 
     # ------------------------------------------------------------ export
 
     def export_safetensors(self, checkpoint_id: str, path: str | os.PathLike) -> Path:
         """Write the checkpoint as one standalone .safetensors file (like safetensors' save_model:
         tied names stored once, listed in the file's metadata); returns the path."""
-        from safetensors.torch import save_file
-
-        manifest = self._store.read_manifest(check_id(checkpoint_id))
-        target = Path(path).expanduser().absolute()
-        secure_mkdir(target.parent)
-        tensors = self._export_tensors(manifest)
-        meta = {
-            "format": "pt",
-            "redline.checkpoint_id": manifest.id,
-            "redline.aliases": json.dumps({a: r.name for r in manifest.tensors for a in r.aliases}),
-            "redline.metadata": json.dumps(manifest.metadata, ensure_ascii=False),
-        }
-        tmp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}.safetensors"
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return target
+        manifest = self.store.read_manifest(check_id(checkpoint_id))
+        return write_safetensors(path, manifest, self._export_tensors(manifest))
 
     def export_pretrained(self, checkpoint_id: str, out_dir: str | os.PathLike) -> Path:
         """Write a Hugging Face model directory (config from the live model, the checkpoint's
@@ -561,140 +409,27 @@ class CheckpointManager:
 
         The checkpoint must fit the live model; `out_dir` must not exist or be empty.
         """
-        from safetensors.torch import save_file
-
-        manifest = self._store.read_manifest(check_id(checkpoint_id))
+        manifest = self.store.read_manifest(check_id(checkpoint_id))
         config = getattr(self.model, "config", None)
         if config is None or not hasattr(config, "save_pretrained"):
             raise CheckpointError(
                 "export_pretrained needs a Hugging Face model (with .config); use "
                 "export_safetensors for other models"
             )
-        _fit(manifest, model_groups(self.model), type(self.model).__name__)
-        target = Path(out_dir).expanduser().absolute()
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise CheckpointError(f"{target} already exists and is not an empty directory; "
-                                  "choose a new directory for the export")
-        secure_mkdir(target.parent)
-        tmp = secure_mkdir(target.parent / f"{TEMP_PREFIX}export-{secrets.token_hex(6)}")
-        try:
-            config.save_pretrained(tmp)
-            gen = getattr(self.model, "generation_config", None)
-            if gen is not None:
-                gen.save_pretrained(tmp)
-            save_file(self._export_tensors(manifest), str(tmp / "model.safetensors"),
-                      metadata={"format": "pt"})
-            for f in tmp.iterdir():
-                os.chmod(f, FILE_MODE)
-            if target.exists():
-                target.rmdir()
-            os.rename(tmp, target)
-        except BaseException:
-            for f in tmp.iterdir():
-                f.unlink()
-            tmp.rmdir()
-            raise
-        return target
+        fit(manifest, model_groups(self.model), type(self.model).__name__)
+        return write_pretrained(out_dir, self.model, lambda: self._export_tensors(manifest))
 
     def _export_tensors(self, manifest: Manifest) -> dict[str, torch.Tensor]:
-        sources = self._load(manifest, {r.hash: r for r in manifest.tensors}.values())
-        out, used = {}, set()
-        for r in manifest.tensors:
-            t = as_tensor(sources[r.hash], r.dtype, r.shape)
-            out[r.name] = t.clone() if r.hash in used else t  # safetensors refuses shared memory
-            used.add(r.hash)
-        return out
+        return export_tensors(manifest, self._load(manifest, {r.hash: r for r in manifest.tensors}.values()))
 
 
-# ---------------------------------------------------------------- fit and differences
+class AutoCheckpointer(auto_checkpoint.AutoCheckpointer):
+    """The guide's AutoCheckpointer (engine/store/auto_checkpoint.py); opens its own
+    CheckpointManager on `checkpoint_dir` unless given ``manager=``."""
 
+    def open_manager(self, model: torch.nn.Module, checkpoint_dir, memory_snapshot: bool) -> CheckpointManager:
+        return CheckpointManager(model, checkpoint_dir, memory_snapshot=memory_snapshot)
 
-def _fit(
-    manifest: Manifest, groups: list[TensorGroup], model_class: str
-) -> list[tuple[TensorGroup, TensorRecord]]:
-    """Pair each model tensor with its record, or raise CheckpointMismatch saying what differs."""
-    names = manifest.by_name()
-    in_model = {n for g in groups for n in g.names}
-    missing = [n for g in groups for n in g.names if n not in names]
-    extra = [n for n in names if n not in in_model]
-    problems = []
-    if missing:
-        problems.append(f"{_count(missing, 'tensor')} of this model are missing from the "
-                        f"checkpoint ({_first(missing)})")
-    if extra:
-        problems.append(f"{_count(extra, 'tensor')} of the checkpoint are not in this model "
-                        f"({_first(extra)})")
-    plan = []
-    for g in groups:
-        recs = [names[n] for n in g.names if n in names]
-        if not recs:
-            continue
-        rec = recs[0]
-        if rec.shape != g.shape:
-            problems.append(f"{rec.name} has shape {list(rec.shape)} in the checkpoint, "
-                            f"{list(g.shape)} in the model")
-        elif rec.dtype != g.dtype_name:
-            problems.append(f"{rec.name} has dtype {rec.dtype} in the checkpoint, "
-                            f"{g.dtype_name} in the model")
-        elif len({r.hash for r in recs}) > 1:
-            problems.append(f"{' and '.join(g.names)} are one tied tensor in this model but "
-                            "hold different values in the checkpoint")
-        else:
-            plan.append((g, rec))
-    if problems:
-        more = len(problems) - _MAX_LISTED_PROBLEMS
-        saved_from = manifest.model_class or "an unknown model"
-        if manifest.model_type:
-            saved_from += f" ({manifest.model_type})"
-        raise CheckpointMismatch(
-            f"checkpoint {manifest.id} does not fit this model: "
-            f"{'; '.join(problems[:_MAX_LISTED_PROBLEMS])}"
-            f"{f'; and {more} more differences' if more > 0 else ''}. It was saved from "
-            f"{saved_from}; this model is {model_class}. The model was not changed; restore a checkpoint "
-            "saved from this architecture, or load the model it was saved from."
-        )
-    return plan
-
-
-def _count(items: list, noun: str) -> str:
-    return f"{len(items)} {noun}{'s' if len(items) != 1 else ''}"
-
-
-def _first(names: list[str], k: int = 3) -> str:
-    shown = ", ".join(names[:k])
-    return shown + (f", and {len(names) - k} more" if len(names) > k else "")
-
-
-def _record_of(g: TensorGroup) -> TensorRecord:
-    return TensorRecord(g.name, "", g.dtype_name, g.shape, int(g.tensor.nbytes), tuple(g.names[1:]))
-
-
-def _structural(rec: TensorRecord, note: str) -> dict:
-    return {"layer": rec.name, "change": math.inf, "relative": math.inf,
-            "max_abs_change": math.inf, "aliases": list(rec.aliases), "note": note}
-
-
-def _difference(rec: TensorRecord, a: torch.Tensor, b: torch.Tensor) -> dict:
-    a64 = a.to(torch.float64)
-    d = b.to(torch.float64) - a64
-    change = float(torch.linalg.vector_norm(d)) if d.numel() else 0.0
-    base = float(torch.linalg.vector_norm(a64)) if d.numel() else 0.0
-    if base > 0 and math.isfinite(base):
-        relative = change / base
-    else:
-        relative = 0.0 if change == 0 else math.inf
-    max_abs = float(d.abs().max()) if d.numel() else 0.0
-    return {"layer": rec.name, "change": change, "relative": relative,
-            "max_abs_change": max_abs, "aliases": list(rec.aliases)}
-
-
-def _comparison(id1: str, id2: str, diffs: list[dict]) -> dict:
-    diffs.sort(key=lambda d: (not math.isnan(d["change"]), -d["change"] if not math.isnan(d["change"]) else 0))
-    return {"checkpoint_id_1": id1, "checkpoint_id_2": id2,
-            "num_differences": len(diffs), "differences": diffs}
-
-
-from engine.auto_checkpoint import AutoCheckpointer  # noqa: E402  (re-export; it imports us)
 
 __all__ = [
     "AutoCheckpointer",
@@ -703,6 +438,7 @@ __all__ = [
     "CheckpointManager",
     "CheckpointMismatch",
     "CheckpointNotFound",
+    "CheckpointStorage",
     "InvalidCheckpointId",
     "MetadataTooLarge",
 ]

@@ -29,7 +29,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from engine.benchmarks import run_benchmarks
 from engine.corpus import corpus_text
-from engine.fsutil import FILE_MODE, TEMP_PREFIX, fsync_dir, secure_mkdir
+from engine.fsutil import FILE_MODE, TEMP_PREFIX, atomic_write_text, fsync_dir, seal_directory, secure_mkdir
 from engine.paths import cache_dir
 from engine.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE, byte_tokenizer
 from engine.transformers_progress import quiet_transformers_progress
@@ -198,13 +198,8 @@ def save_demo_model(model, tokenizer, report: dict[str, Any], directory: Path) -
     with quiet_transformers_progress():
         model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
-    (directory / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    for path in directory.iterdir():
-        if path.is_file():
-            os.chmod(path, FILE_MODE)
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-    fsync_dir(directory)
+    atomic_write_text(directory / REPORT_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    seal_directory(directory)
 
 
 @contextlib.contextmanager

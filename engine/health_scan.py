@@ -25,6 +25,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from engine.store.identity import tie_groups
+
 # dtypes aminmax reads directly; other floating types (float8 ...) are widened per tensor.
 _NATIVE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -103,29 +105,11 @@ class ScanResult:
 def unique_named_tensors(
     named: Iterable[tuple[str, torch.Tensor]],
 ) -> list[tuple[str, tuple[str, ...], torch.Tensor]]:
-    """Collapse names that are the exact same view of one storage; skip meta and empty-storage tensors.
+    """Collapse names that are the same view of one storage (engine/store/identity.py); skip None and meta.
 
     Returns (first name, other names, tensor) in first-seen order.
     """
-    order: list[tuple] = []
-    groups: dict[tuple, list] = {}
-    for name, t in named:
-        if t is None or t.is_meta:
-            continue
-        key = (
-            str(t.device),
-            t.untyped_storage().data_ptr() if t.numel() else id(t),
-            t.storage_offset(),
-            tuple(t.shape),
-            tuple(t.stride()),
-            t.dtype,
-        )
-        if key in groups:
-            groups[key][1].append(name)
-        else:
-            groups[key] = [name, [], t]
-            order.append(key)
-    return [(groups[k][0], tuple(groups[k][1]), groups[k][2]) for k in order]
+    return [(names[0], tuple(names[1:]), t) for names, t in tie_groups(named)]
 
 
 def _scannable(t: torch.Tensor) -> bool:

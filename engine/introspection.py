@@ -3,28 +3,19 @@
 Two names are coupled when their tensors' byte ranges overlap on one device:
 the same Parameter under two names (Qwen2's `model.embed_tokens.weight` and
 `lm_head.weight`), but also a view at an offset into another parameter, or two
-storages over the same memory. Bare `data_ptr` equality would miss the view and
-would group every meta tensor (they all sit at address 0), so ranges are
-compared and meta or empty tensors are left out. Groups are recomputed on each
+storages over the same memory (engine/store/identity.py: ranges, never a bare
+`data_ptr`; meta and empty tensors are left out). Groups are recomputed on each
 call: a restore with `assign=True` or a rebound Parameter can break a tie.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections import defaultdict
 
 import torch
 
 from engine.health_scan import scan_tensors
-
-
-def _byte_range(t: torch.Tensor) -> tuple[int, int] | None:
-    """[start, end) addresses of the bytes `t` can touch; None for meta or empty tensors."""
-    if t.is_meta or t.numel() == 0 or t.untyped_storage().nbytes() == 0:
-        return None
-    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-    return t.data_ptr(), t.data_ptr() + extent * t.element_size()
+from engine.store.identity import overlap_groups
 
 
 def _human_bytes(n: int) -> str:
@@ -47,54 +38,28 @@ class WeightInspector:
     def _named(self) -> list[tuple[str, torch.Tensor]]:
         return list(self.model.named_parameters(remove_duplicate=False))
 
-    def _groups(self) -> list[dict]:
-        named = self._named()
-        spans = defaultdict(list)  # device -> [(start, end, order, name, tensor)]
-        for order, (name, p) in enumerate(named):
-            r = _byte_range(p)
-            if r is not None:
-                spans[str(p.device)].append((r[0], r[1], order, name, p))
-        groups = []
-        for device, items in spans.items():
-            items.sort(key=lambda it: (it[0], it[2]))
-            current, end = [], None
-            for item in items:
-                if current and item[0] < end:
-                    current.append(item)
-                    end = max(end, item[1])
-                else:
-                    if len(current) > 1:
-                        groups.append(self._describe(device, current))
-                    current, end = [item], item[1]
-            if len(current) > 1:
-                groups.append(self._describe(device, current))
-        groups.sort(key=lambda g: g["first"])
-        return groups
-
     @staticmethod
-    def _describe(device: str, items: list) -> dict:
-        items = sorted(items, key=lambda it: it[2])
-        start = min(it[0] for it in items)
-        end = max(it[1] for it in items)
-        dtypes = sorted({str(it[4].dtype).removeprefix("torch.") for it in items})
+    def _describe(group: list) -> dict:
+        start = min(span.start for _n, _t, span in group)
+        end = max(span.end for _n, _t, span in group)
+        dtypes = sorted({str(t.dtype).removeprefix("torch.") for _n, t, _s in group})
         return {
-            "names": [it[3] for it in items],
-            "first": items[0][2],
-            "device": device,
+            "names": [name for name, _t, _s in group],
+            "device": str(group[0][1].device),
             "data_ptr": hex(start),
             "nbytes": end - start,
             "dtype": "/".join(dtypes),
-            "shapes": [list(it[4].shape) for it in items],
+            "shapes": [list(t.shape) for _n, t, _s in group],
             "storage": f"{hex(start)} {_human_bytes(end - start)} {'/'.join(dtypes)}",
         }
 
     def get_shared_weights(self) -> list[list[str]]:
         """Groups of parameter names that share memory, each in model order; groups in model order."""
-        return [g["names"] for g in self._groups()]
+        return [[name for name, _t, _s in group] for group in overlap_groups(self._named())]
 
     def coupling_report(self) -> list[dict]:
         """Per group: names, device, data_ptr (hex), nbytes, dtype, shapes, and a one-line storage description."""
-        return [{k: v for k, v in g.items() if k != "first"} for g in self._groups()]
+        return [self._describe(group) for group in overlap_groups(self._named())]
 
     def get_shared_layers(self, name: str) -> list[str]:
         """The other parameter names coupled with `name` (a parameter or a module name); [] if none."""

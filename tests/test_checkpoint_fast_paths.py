@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.checkpoint_store import tensor_hash, tensor_hasher
-from engine.checkpoint_tensors import copy_and_hash, new_host_buffer, numpy_bytes
+from engine.store.blobs import tensor_hash, tensor_hasher
+from engine.store.tensors import copy_and_hash, new_host_buffer, numpy_bytes
 from engine.checkpointing import CheckpointManager
 
 
@@ -45,7 +45,7 @@ def test_snapshot_and_plain_saves_agree_and_big_tensors_restore_exactly(tmp_path
     held = CheckpointManager(model, tmp_path / "a")
     plain = CheckpointManager(model, tmp_path / "b", memory_snapshot=False)
     a, b = held.save_checkpoint(), plain.save_checkpoint()
-    hashes = lambda cm, cid: [t.hash for t in cm._store.read_manifest(cid).tensors]  # noqa: E731
+    hashes = lambda cm, cid: [t.hash for t in cm.store.read_manifest(cid).tensors]  # noqa: E731
     assert hashes(held, a) == hashes(plain, b)
     assert held.memory_snapshot_id == a and held.verify_checkpoint(a)
 

@@ -564,3 +564,22 @@ def test_an_id_taken_in_the_same_second_is_redrawn(tiny_qwen2, tmp_path, monkeyp
     assert second == "checkpoint_20990101_000000_0000beef"
     assert cm.get_checkpoint(first)["metadata"] == {"n": 1}
     assert cm.get_checkpoint(second)["metadata"] == {"n": 2}
+
+
+def test_a_store_given_to_the_manager_is_the_one_it_uses(tiny_qwen2, tmp_path):
+    from engine.store.interface import CheckpointStorage
+    from engine.store.store import CheckpointStore
+
+    store = CheckpointStore(tmp_path / "elsewhere", durable=False)
+    assert isinstance(store, CheckpointStorage)
+    cm = CheckpointManager(tiny_qwen2, None, store=store)
+    assert cm.store is store and cm.checkpoint_dir == tmp_path / "elsewhere"
+    assert cm.watch_path == cm.manifest_dir == store.watch_path
+    before = set(os.listdir(cm.watch_path))
+    saved = state(tiny_qwen2)
+    cid = cm.save_checkpoint({"n": 1})
+    assert set(os.listdir(cm.watch_path)) - before == {f"{cid}.json"}  # a save shows where watchers look
+    perturb(tiny_qwen2)
+    assert cm.restore_checkpoint(cid), cm.last_error
+    assert same_state(tiny_qwen2, saved)
+    assert cm.delete_checkpoint(cid) and os.listdir(cm.watch_path) == []

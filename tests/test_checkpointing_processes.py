@@ -133,7 +133,7 @@ def test_two_processes_saving_at_once(ctx, tmp_path):
 
 def _save_while_signalled(directory: str, holding, go, out) -> None:
     """Save a model identical to the parent's, pausing just before the manifest commit."""
-    from engine import checkpoint_store
+    from engine.store import store as checkpoint_store
 
     original = checkpoint_store.CheckpointStore.write_manifest
 

@@ -106,9 +106,9 @@ class CheckpointSync:
         checkpoints = self._core.checkpoints
         if checkpoints is None:
             return
-        self.watcher = RunDirWatcher(checkpoints.manifest_dir, self.notice_change)
+        self.watcher = RunDirWatcher(checkpoints.watch_path, self.notice_change)
         if not self.watcher.start():
-            self._core.alert("LOW", f"Not watching {checkpoints.manifest_dir} for other processes' checkpoints; "
+            self._core.alert("LOW", f"Not watching {checkpoints.watch_path} for other processes' checkpoints; "
                                     "they will show up at the next health scan instead")
 
     def stop_watching(self) -> None:

@@ -1,5 +1,9 @@
-"""Checkpoint storage: content-addressed tensor blobs, JSON manifests, tensor identity, metadata, pruning.
+"""Checkpoint storage: everything under `engine.checkpointing.CheckpointManager` (the guide's API).
 
-`engine.checkpointing.CheckpointManager` (the guide's API) is the front; this
-package is what it stands on. Imports no torch at package import.
+errors, manifests (ids, records, the manifest format), blobs (content-addressed tensor files,
+the one verified read), store (CheckpointStore: the default on-disk store), interface (the
+CheckpointStorage seam), identity (tensor identity, tie groups, the dtype table), tensors
+(a model's state as bytes), snapshot, comparison, export, workers, metadata, pruning,
+auto_checkpoint. None of these imports engine.checkpointing. The package itself imports
+nothing, so `engine.store.metadata` and `engine.store.pruning` stay free of torch.
 """

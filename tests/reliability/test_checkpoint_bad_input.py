@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from engine.checkpointing import CheckpointManager, InvalidCheckpointId, MetadataTooLarge
-from engine.checkpoint_store import MAX_METADATA_BYTES
+from engine.store.metadata import MAX_METADATA_BYTES
 from tests.conftest import make_tiny_gpt2, make_tiny_llama, make_tiny_qwen2
 from tests.reliability.helpers import changed, fingerprint, lost_checkpoints
 

@@ -31,8 +31,11 @@ from collections.abc import Iterator
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.checkpoint_store import CheckpointError, encode_metadata
-from engine.checkpoint_tensors import tracking_suspended, untracked
+from engine.store.errors import CheckpointError
+from engine.store.identity import SpanIndex
+from engine.store.metadata import CheckpointState, checkpoint_metadata, encode_metadata
+from engine.store.pruning import beyond_newest
+from engine.store.tensors import tracking_suspended, untracked
 
 _write_args_cache: dict = {}
 
@@ -76,7 +79,8 @@ class AutoCheckpointer:
     modifications after the last automatic checkpoint are the caller's to save. `metadata`
     is added to every automatic checkpoint's metadata (state "auto", tags ["auto"]).
     Pass `manager=` to share an existing CheckpointManager (then `checkpoint_dir` must be
-    its directory or None).
+    its directory or None). Without one, `open_manager` opens it: engine.checkpointing's
+    AutoCheckpointer opens a CheckpointManager (imported there, not here: no import cycle).
     """
 
     def __init__(
@@ -90,15 +94,13 @@ class AutoCheckpointer:
         manager=None,
         memory_snapshot: bool = True,
     ):
-        from engine.checkpointing import CheckpointManager
-
         for name, value in (("frequency", frequency), ("max_checkpoints", max_checkpoints)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         if manager is None:
             if checkpoint_dir is None:
                 raise ValueError("give checkpoint_dir (or manager=)")
-            manager = CheckpointManager(model, checkpoint_dir, memory_snapshot=memory_snapshot)
+            manager = self.open_manager(model, checkpoint_dir, memory_snapshot)
         elif manager.model is not model:
             raise ValueError("manager= must be a CheckpointManager of the same model")
         self.model = model
@@ -111,8 +113,12 @@ class AutoCheckpointer:
         self._since_checkpoint = 0
         self._group_depth = 0
         self._group_wrote = False
-        self._ranges: dict[tuple, list[tuple[int, int]]] = {}
+        self._parameters = SpanIndex(())
         self._mode: _WriteWatch | None = None
+
+    def open_manager(self, model: torch.nn.Module, checkpoint_dir, memory_snapshot: bool):
+        """The CheckpointManager to save with, when none was given."""
+        raise TypeError("give manager= (engine.checkpointing.AutoCheckpointer opens one from checkpoint_dir)")
 
     # ------------------------------------------------------------ context
 
@@ -144,36 +150,16 @@ class AutoCheckpointer:
     # ------------------------------------------------------------ detection
 
     def _index_parameters(self) -> None:
-        """Byte ranges of every parameter, by storage."""
-        ranges: dict[tuple, list[tuple[int, int]]] = {}
-        for p in self.model.parameters():
-            if p.device.type == "meta" or p.nbytes == 0:
-                continue
-            start = p.storage_offset() * p.element_size()
-            key = (p.device.type, p.device.index, p.untyped_storage().data_ptr())
-            ranges.setdefault(key, []).append((start, start + p.nbytes))
-        self._ranges = ranges
+        """Where every parameter's bytes lie (tied and overlapping ones included)."""
+        self._parameters = SpanIndex(self.model.parameters())
 
     def _writes_parameter(self, written, args, kwargs) -> bool:
         for i, name in written:
             value = args[i] if i < len(args) else kwargs.get(name)
             for t in value if isinstance(value, (list, tuple)) else (value,):
-                if isinstance(t, torch.Tensor) and self._overlaps(t):
+                if isinstance(t, torch.Tensor) and self._parameters.touches(t):
                     return True
         return False
-
-    def _overlaps(self, t: torch.Tensor) -> bool:
-        try:
-            key = (t.device.type, t.device.index, t.untyped_storage().data_ptr())
-        except (RuntimeError, NotImplementedError):  # tensors without storage (fake, functional)
-            return False
-        ranges = self._ranges.get(key)
-        if not ranges or t.numel() == 0:
-            return False
-        size = t.element_size()
-        start = t.storage_offset() * size
-        end = start + (1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))) * size
-        return any(start < r_end and r_start < end for r_start, r_end in ranges)
 
     def _note_write(self) -> None:
         if self._group_depth:
@@ -192,10 +178,8 @@ class AutoCheckpointer:
     def _checkpoint(self) -> None:
         n = self.modifications
         metadata = {
-            "state": "auto",
-            "purpose": f"automatic checkpoint after {n} modifications",
-            "tags": ["auto"],
-            "modifications": n,
+            **checkpoint_metadata(CheckpointState.AUTO, f"automatic checkpoint after {n} modifications",
+                                  modifications=n),
             **self.metadata,
         }
         with untracked():
@@ -208,6 +192,7 @@ class AutoCheckpointer:
                 ) from exc
             self._since_checkpoint = 0
             self.checkpoints.append(checkpoint_id)
-            while len(self.checkpoints) > self.max_checkpoints:
-                self.manager.delete_checkpoint(self.checkpoints.pop(0))
+            for old in beyond_newest(self.checkpoints, self.max_checkpoints):
+                self.checkpoints.remove(old)
+                self.manager.delete_checkpoint(old)
             self._index_parameters()  # parameters replaced meanwhile are watched from now on

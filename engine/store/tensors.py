@@ -2,9 +2,8 @@
 
 The state is `model.state_dict(keep_vars=True)`: every parameter and every *persistent*
 buffer (non-persistent buffers such as rotary `inv_freq` are recomputed by the model and are
-not state). Names that view the same bytes (tied weights: `lm_head.weight` is
-`model.embed_tokens.weight`) form one group, found by storage and byte range, never by a bare
-data_ptr, so meta tensors and views at an offset are not misgrouped.
+not state). Names that are the same view (tied weights: `lm_head.weight` is
+`model.embed_tokens.weight`) form one group: see engine/store/identity.py.
 """
 
 from __future__ import annotations
@@ -18,16 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.checkpoint_store import CheckpointError
-
-_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-    "U16": "uint16", "U32": "uint32", "U64": "uint64", "BOOL": "bool",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64",
-}  # fmt: skip
-NAME_TO_DTYPE = {k: getattr(torch, v) for k, v in _DTYPES.items() if hasattr(torch, v)}
-DTYPE_TO_NAME = {v: k for k, v in NAME_TO_DTYPE.items()}
+from engine.store.errors import CheckpointError
+from engine.store.identity import DTYPE_TO_NAME, NAME_TO_DTYPE, tie_groups
 
 _libc = ctypes.CDLL(None)
 _libc.memcmp.restype = ctypes.c_int
@@ -65,36 +56,14 @@ def dtype_name(dtype: torch.dtype, what: str = "tensor") -> str:
 
 def model_groups(model: torch.nn.Module) -> list[TensorGroup]:
     """The model's state, one group per distinct tensor, in state_dict order."""
-    groups: dict[tuple, TensorGroup] = {}
-    for name, t in model.state_dict(keep_vars=True).items():
-        if not isinstance(t, torch.Tensor):
-            continue
+    named = [(n, t) for n, t in model.state_dict(keep_vars=True).items() if isinstance(t, torch.Tensor)]
+    for name, t in named:
         if t.device.type == "meta":
             raise CheckpointError(
                 f"{name} is on the meta device (not materialised); load the model's weights "
                 "before checkpointing it"
             )
-        key = storage_key(t) if t.nbytes else ("empty", name)
-        group = groups.get(key)
-        if group is None:
-            groups[key] = TensorGroup([name], t)
-        else:
-            group.names.append(name)
-    return list(groups.values())
-
-
-def storage_key(t: torch.Tensor) -> tuple:
-    """Identity of the exact bytes a tensor views: storage, byte offset, layout, dtype."""
-    return (
-        t.device.type,
-        t.device.index,
-        t.untyped_storage().data_ptr(),
-        t.storage_offset() * t.element_size(),
-        t.nbytes,
-        t.dtype,
-        tuple(t.shape),
-        tuple(t.stride()),
-    )
+    return [TensorGroup(names, t) for names, t in tie_groups(named)]
 
 
 def byte_view(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,241 @@
+"""The content-addressed checkpoint store: tensor blobs, JSON manifests, one lock.
+
+Layout of a checkpoint directory::
+
+    <dir>/blobs/ab/<blake3>.safetensors   one tensor per file, a standard safetensors file,
+                                          named by the hash of its dtype, shape and raw bytes
+    <dir>/manifests/<id>.json             one checkpoint: tensor names -> hashes, metadata
+    <dir>/tmp/                            files being written (crash leftovers removed on open)
+    <dir>/lock                            flock: saves hold it shared, deletion holds it exclusive
+
+The manifest is the commit point: blobs are written (temp, fsync, rename) first and the
+manifest last, so a crash at any instant leaves a whole checkpoint or none. The registry is
+the manifest directory listing itself; no single file's damage can forget other checkpoints.
+Each manifest carries a checksum of its own body, so any damage to it is detected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from engine.fsutil import FILE_MODE, atomic_write, fsync_dir, secure_mkdir
+from engine.store.blobs import BlobFiles
+from engine.store.errors import CheckpointCorrupted, CheckpointError, CheckpointNotFound
+from engine.store.manifests import ID_RE, Manifest, TensorRecord, check_id, manifest_bytes, parse_manifest
+from engine.store.workers import io_pool
+
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL_MESSAGE = ("the disk is full while writing a checkpoint; nothing was committed. Free "
+                 "space (delete old checkpoints with delete_checkpoint) and save again.")
+
+
+class CheckpointStore:
+    """Files of one checkpoint directory (a CheckpointStorage). Knows nothing of torch: tensors arrive as bytes."""
+
+    def __init__(self, root: str | os.PathLike, durable: bool = True):
+        self.durable = durable  # fsync files and directories (survive power loss, not just crashes)
+        self.root = Path(root).expanduser().absolute()
+        self.blob_dir = self.root / "blobs"
+        self.manifest_dir = self.root / "manifests"
+        self.tmp_dir = self.root / "tmp"
+        self.lock_path = self.root / "lock"
+        self.blobs = BlobFiles(self.blob_dir, self.tmp_dir)
+        self.ensure_dirs()
+        self._manifest_cache: dict[str, tuple[tuple[int, int, int], Manifest]] = {}
+        self.clean_leftovers()
+
+    @property
+    def watch_path(self) -> Path:
+        """A manifest appears or disappears here whenever any process saves or deletes a checkpoint."""
+        return self.manifest_dir
+
+    def ensure_dirs(self) -> None:
+        """(Re)create the directory tree: someone may delete the run directory while we run."""
+        for d in (self.root, self.blob_dir, self.manifest_dir, self.tmp_dir):
+            if not d.is_dir():
+                secure_mkdir(d)
+
+    # -- locking
+
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool, blocking: bool = True) -> Iterator[bool]:
+        """flock on <dir>/lock; yields False if non-blocking and someone else holds it."""
+        with contextlib.suppress(OSError):  # a read-only tree is handled below
+            self.ensure_dirs()
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as exc:  # a read-only directory: readers still lock (flock needs no write access)
+            if exc.errno not in _UNWRITABLE:
+                raise
+            try:
+                fd = os.open(self.lock_path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise self.unwritable(exc) from None
+        try:
+            flags = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            try:
+                fcntl.flock(fd, flags if blocking else flags | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def saving(self):
+        """Held around a save: a deletion (in any process) waits, so it never removes a blob the save reuses."""
+        return self.lock(exclusive=False)
+
+    def clean_leftovers(self) -> int:
+        """Remove temp files of crashed saves. Only when no save is running anywhere."""
+        removed = 0
+        with self.lock(exclusive=True, blocking=False) as got:
+            if not got:
+                return 0
+            for entry in os.scandir(self.tmp_dir):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+    def unwritable(self, exc: OSError) -> CheckpointError:
+        return CheckpointError(
+            f"cannot write to the checkpoint directory {self.root}: {exc.strerror or exc}; nothing "
+            "was changed there. Make it writable (permissions, a read-write mount) or choose another run directory."
+        )
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A directory that refuses or a full disk becomes a CheckpointError saying what to do."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno in _UNWRITABLE:
+                raise self.unwritable(exc) from None
+            if exc.errno in _FULL:
+                raise CheckpointError(_FULL_MESSAGE) from exc
+            raise
+
+    # -- blobs
+
+    def has_blob(self, digest: str, dtype: str, shape, nbytes: int) -> bool:
+        return self.blobs.present(digest, dtype, shape, nbytes)
+
+    def write_blob(self, digest: str, dtype: str, shape, data) -> None:
+        with self._writing():
+            self.blobs.write(digest, dtype, shape, data, durable=self.durable)
+
+    def read_blob(self, rec: TensorRecord, *, checkpoint_id: str, into=None) -> None:
+        """Read and verify one tensor's file (into `into`, or only verify); see BlobFiles.read."""
+        self.blobs.read(rec, checkpoint_id=checkpoint_id, into=into)
+
+    # -- manifests
+
+    def manifest_path(self, checkpoint_id: str) -> Path:
+        return self.manifest_dir / f"{check_id(checkpoint_id)}.json"
+
+    def commit(self, body: dict, new_blobs: Iterable[str] = ()) -> bool:
+        """Make the blobs written for this save durable, then write its manifest (see write_manifest)."""
+        new_blobs = list(new_blobs)
+        if new_blobs and self.durable:
+            self.blobs.sync_dirs(new_blobs, io_pool())
+        return self.write_manifest(body)
+
+    def write_manifest(self, body: dict) -> bool:
+        """Commit a checkpoint: the manifest appears atomically, never replacing another.
+
+        Returns False (nothing written) if a checkpoint of that id already exists.
+        """
+        with self._writing():
+            return atomic_write(self.manifest_path(body["id"]), manifest_bytes(body), fsync=self.durable,
+                                temp_dir=self.tmp_dir, overwrite=False)
+
+    def list_ids(self) -> list[str]:
+        """Ids of every manifest file present (damaged or not)."""
+        out = []
+        if not self.manifest_dir.is_dir():
+            return out  # deleted under us: no checkpoints (the next save recreates the tree)
+        for entry in os.scandir(self.manifest_dir):
+            stem = entry.name[:-5] if entry.name.endswith(".json") else ""
+            if ID_RE.fullmatch(stem):
+                out.append(stem)
+        return out
+
+    def read_manifest(self, checkpoint_id: str) -> Manifest:
+        """Parse and verify one manifest (cached by mtime, size, inode)."""
+        path = self.manifest_path(checkpoint_id)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._manifest_cache.pop(checkpoint_id, None)
+            raise CheckpointNotFound(
+                f"no checkpoint {checkpoint_id} in {self.root}; take an id from list_checkpoints()"
+            ) from None
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._manifest_cache.get(checkpoint_id)
+        if cached and cached[0] == key:
+            return cached[1]
+        manifest = parse_manifest(checkpoint_id, path.read_bytes(), path)
+        self._manifest_cache[checkpoint_id] = (key, manifest)
+        return manifest
+
+    # -- deletion and garbage collection
+
+    def delete(self, checkpoint_id: str) -> bool:
+        """Delete a checkpoint and the blobs nothing else uses; False if it does not exist."""
+        with self.lock(exclusive=True):
+            if not self._unlink_manifest(checkpoint_id):
+                return False
+            self.collect_garbage()
+        return True
+
+    def _unlink_manifest(self, checkpoint_id: str) -> bool:
+        try:
+            os.unlink(self.manifest_path(checkpoint_id))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno in _UNWRITABLE:
+                raise self.unwritable(exc) from None
+            raise
+        self._manifest_cache.pop(checkpoint_id, None)
+        fsync_dir(self.manifest_dir)
+        return True
+
+    def collect_garbage(self) -> int:
+        """Delete blobs no manifest references; returns bytes freed. Caller holds the exclusive lock.
+
+        While any manifest is damaged nothing is deleted: which files it needs cannot be
+        known, and it may yet be repaired. Deleting the damaged checkpoint lifts this.
+        """
+        referenced: set[str] = set()
+        for cid in self.list_ids():
+            try:
+                referenced.update(t.hash for t in self.read_manifest(cid).tensors)
+            except CheckpointNotFound:
+                continue
+            except CheckpointCorrupted:
+                return 0
+        return self.blobs.delete_unreferenced(referenced)
+
+    def discard_unreferenced(self) -> int:
+        """After a failed save: delete tensor files no manifest names, unless a save runs anywhere."""
+        try:
+            with self.lock(exclusive=True, blocking=False) as got:
+                return self.collect_garbage() if got else 0
+        except (CheckpointError, OSError):
+            return 0
+
+    def disk_usage(self) -> int:
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+        return total
