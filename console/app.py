@@ -342,6 +342,9 @@ class RedlineApp(App[int], inherit_bindings=False):
         if self._shutting_down:
             self.notify("Already stopping the engine safely…")
             return
+        if getattr(self.source, "detaches", False):  # attached over the socket: quitting leaves the engine running
+            self.stop_and_exit(EXIT_OK, "detached")
+            return
         if self.state.experiment_active and not self.readonly:
 
             def answered(yes: bool | None) -> None:
@@ -382,7 +385,8 @@ class RedlineApp(App[int], inherit_bindings=False):
             return
         self._shutting_down = True
         self.exit_reason = reason
-        self.notify("Stopping the engine safely…", timeout=60)
+        detaching = getattr(self.source, "detaches", False)
+        self.notify("Detaching; the engine keeps running…" if detaching else "Stopping the engine safely…", timeout=60)
         self._shutdown_engine(return_code)
 
     @work(thread=True, exclusive=True, group="shutdown", exit_on_error=False)

@@ -37,6 +37,8 @@ class EngineClientError(ConnectionError):
 class EngineClient:
     """See the module docstring."""
 
+    detaches = True  # the console's quit and a lost terminal detach; the engine keeps running
+
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False, control: bool = True,
                  name: str = "console"):
         self.path = Path(path)

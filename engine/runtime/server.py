@@ -39,7 +39,7 @@ MAX_CLIENTS = 32
 UNCLAIMED_ANSWERS = 256  # command answers published before their sender was recorded (see `claim`)
 
 
-class EngineServerError(RuntimeError):
+class EngineServerError(OSError):
     """The socket cannot be served (another engine serves this run directory, or the path is unusable)."""
 
 
