@@ -22,7 +22,7 @@ from textual.screen import Screen
 
 from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
 from console.console_state import Batch, ConsoleState
-from console.event_source import EventSource, describe, is_readonly
+from console.event_source import EventSource, attachment, describe, is_readonly
 from console.screens.compare_view import CompareView
 from console.screens.confirm import quit_question, restore_question
 from console.screens.help_screen import HelpScreen
@@ -168,9 +168,8 @@ class RedlineApp(App[int], inherit_bindings=False):
             self._answered(done)
 
     def _show_header(self) -> None:
-        self.main.header.show(
-            self.state, self.clock(), source_label=describe(self.source), readonly=self.readonly
-        )
+        self.main.header.show(self.state, self.clock(), source_label=describe(self.source), readonly=self.readonly,
+                              attachment=attachment(self.source))
 
     def _tick(self) -> None:
         """Once a second: the uptime clock."""

@@ -69,7 +69,9 @@ class EngineClient:
         return f"engine {pid} · {self.server.get('model', '?')} · {self.role}"
 
     def start(self) -> None:
-        """Connect, exchange hellos, start reading. EngineClientError when it cannot."""
+        """Connect, exchange hellos, start reading (once: the app calls it again). EngineClientError when it cannot."""
+        if self._sock is not None:
+            return
         role = protocol.ROLE_CONTROLLER if self.wants_control else protocol.ROLE_OBSERVER
         self.server = self._handshake(role)
         self.role = self.server.get("role", role)

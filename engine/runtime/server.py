@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine import protocol
 from engine.events import CommandDone, Event
 from engine.runtime.registry import register, unregister
 from engine.runtime.engine_view import EngineView, journal_alerts
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 32
 UNCLAIMED_ANSWERS = 256  # command answers published before their sender was recorded (see `claim`)
+ENCODED_CACHE = 4096  # events whose line is kept, so each event is encoded once for all clients
 
 
 class EngineServerError(OSError):
@@ -62,6 +64,8 @@ class EngineServer:
         self._entry: Path | None = None
         self._numbers = 0
         self._stopping = threading.Event()
+        self._encoded: collections.OrderedDict[int, tuple[Event, bytes]] = collections.OrderedDict()
+        self._encoded_lock = threading.Lock()
 
     # -- lifetime ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -158,6 +162,19 @@ class EngineServer:
             early = self._unclaimed.pop(engine_id, None)
             if early is not None:
                 self._route_answer(early)
+
+    def encoded(self, event: Event) -> bytes:
+        """The protocol line of `event`, encoded once however many clients send it (writer threads)."""
+        with self._encoded_lock:
+            cached = self._encoded.get(id(event))
+            if cached is not None and cached[0] is event:
+                return cached[1]
+        line = protocol.encode(protocol.event_message(event))
+        with self._encoded_lock:
+            self._encoded[id(event)] = (event, line)
+            while len(self._encoded) > ENCODED_CACHE:
+                self._encoded.popitem(last=False)
+        return line
 
     # -- clients ----------------------------------------------------------------------------------
     def admit(self, connection: Connection, wants_control: bool) -> str | None:

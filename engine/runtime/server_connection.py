@@ -26,6 +26,7 @@ from engine.runtime.client_outbox import DEFAULT_CAPACITY, ClientOutbox
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0  # seconds a new connection has to say hello
+GATHER = 0.005  # seconds a writer lets events gather after a send: one wake-up per batch, not per event
 CONTROLLER_ONLY = (cmd.Save, cmd.Restore, cmd.Delete, cmd.Pause, cmd.Resume, cmd.RunExperiment, cmd.Shutdown)
 
 
@@ -160,6 +161,7 @@ class Connection:
                     items.insert(0, LogLine(text=f"{dropped} log lines or steps were dropped: this console read "
                                                  "too slowly", source="server"))
                 self._send(self._encode_all(items))
+                self.closed.wait(GATHER)
         except OSError as exc:
             log.info("engine socket: console %d write ended: %s", self.number, exc)
         finally:
@@ -173,9 +175,8 @@ class Connection:
     def _encode_all(self, items: list) -> list[bytes]:
         lines = []
         for item in items:
-            message = protocol.event_message(item) if isinstance(item, Event) else item
             try:
-                lines.append(protocol.encode(message))
+                lines.append(self.server.encoded(item) if isinstance(item, Event) else protocol.encode(item))
             except ProtocolError as exc:
                 lines.append(protocol.encode(protocol.event_message(LogLine(text=f"not sent: {exc}", source="server"))))
                 continue

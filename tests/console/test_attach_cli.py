@@ -54,6 +54,7 @@ def test_detach_ps_attach_kill_reattach_stop(tmp_path, tiny_model_dir, monkeypat
 
         console = spawn("attach", str(run_dir), size=(48, 160))
         console.expect("RUNNING")
+        console.expect("CONTROLLER · 1 console")
         wait_for(lambda: ps()[0]["consoles"] == 1, "the console to count")
         os.kill(console.pid, signal.SIGKILL)  # the console dies without a word
         console.close(force=True)
