@@ -101,3 +101,15 @@ def test_stale_socket_of_a_killed_engine_is_cleaned(tmp_path, tiny_model_dir, mo
                         "--run-dir", str(run_dir), "--device", "cpu")
     assert restarted.returncode == 0, restarted.stderr
     assert redline("stop", str(run_dir)).returncode == 0
+
+
+def test_attach_ps_stop_without_an_engine(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    from console.cli import main
+
+    assert main(["attach", "--socket", str(tmp_path / "forwarded.sock")]) == 2
+    assert "cannot connect" in capsys.readouterr().err
+    assert main(["stop"]) == 2
+    assert "no running engine" in capsys.readouterr().err
+    assert main(["ps"]) == 0
+    assert "no running engines" in capsys.readouterr().out
