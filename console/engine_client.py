@@ -185,6 +185,8 @@ class EngineClient:
                     if message.get("resync"):
                         self._push(LogLine(text="this console fell behind; the engine sent a fresh picture",
                                            source="console"))
+                elif kind == "snapshot_end" and self.snapshots == 1 and isinstance(self.server.get("away"), dict):
+                    self._push(away_alert(self.server["away"]))
                 elif kind == "role":
                     self.role = protocol.text_field(message, "role")
                     self._push(Alert(severity="MEDIUM", message=f"this console is now the {self.role}: "
@@ -212,3 +214,22 @@ class EngineClient:
             sock.close()
         with self._ready:
             self._ready.notify_all()
+
+
+def away_alert(away: dict) -> Alert:
+    """The "while you were away" summary the engine sent with its hello, as one alert in the stream."""
+    import time
+
+    def number(key: str) -> int:
+        value = away.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    alerts = away.get("alerts") if isinstance(away.get("alerts"), dict) else {}
+    order = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFO")
+    counts = ", ".join(f"{alerts[s]} {s}" for s in order if isinstance(alerts.get(s), int) and alerts[s])
+    since = away.get("since") if isinstance(away.get("since"), (int, float)) else time.time()
+    minutes = max(0, int(time.time() - since)) // 60
+    worst = next((s for s in order[:2] if alerts.get(s)), "INFO")
+    text = (f"While you were away ({minutes // 60}h{minutes % 60:02d}m): alerts {counts or 'none'}; "
+            f"{number('checkpoints')} checkpoints; {number('restores')} restores or rollbacks; {number('steps')} steps")
+    return Alert(severity=worst, message=text, source="away")

@@ -11,7 +11,7 @@ def test_publish_order_and_coalescing():
     box.put(ev.HealthSnapshot(status="OK", step=1))
     box.put(ev.Alert(severity="HIGH", message="a"))
     box.put(ev.HealthSnapshot(status="WARNING", step=2))
-    box.put_message({"t": "clients", "count": 2})
+    box.put_private({"t": "clients", "count": 2})
     items, resync, dropped = box.take(timeout=0)
     assert [getattr(i, "kind", i.get("t") if isinstance(i, dict) else None) for i in items] == \
         ["alert", "health", "clients"]
@@ -41,3 +41,14 @@ def test_closed_outbox_takes_nothing_more():
     box.close()
     box.put(ev.Alert(severity="INFO", message="late"))
     assert box.take(timeout=0) == ([], False, 0)
+
+
+def test_private_items_survive_a_resync_and_a_snapshot():
+    box = ClientOutbox(capacity=3)
+    box.put_private(ev.CommandDone(command_id=1, command="save", ok=True))
+    for i in range(10):
+        box.put(ev.Alert(severity="INFO", message=str(i)))
+    box.discard_shared()
+    box.put_private({"t": "role", "role": "observer"})
+    items, resync, _ = box.take(timeout=0)
+    assert not resync and [type(i).__name__ for i in items] == ["CommandDone", "dict"]

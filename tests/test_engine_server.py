@@ -233,3 +233,18 @@ def test_a_second_engine_on_the_same_run_dir_is_refused(tmp_path, tiny_model_dir
     engines(tiny_model_dir, run_dir, serve=True)
     with pytest.raises(EngineServerError, match="already serves"):
         Engine(EngineConfig(model=str(tiny_model_dir), run_dir=run_dir, experiment=None, serve=True)).start()
+
+
+def test_reattaching_shows_what_happened_while_away(tmp_path, tiny_model_dir, engines):
+    run_dir = tmp_path / "run"
+    driver = engines(tiny_model_dir, run_dir, serve=True)
+    first = attach(run_dir)
+    first.wait_for(lambda e: isinstance(e, ev.EngineStateChanged))
+    first.client.shutdown()
+    driver.wait_until(lambda: not driver.engine.server.connections)
+    driver.engine._events.publish(ev.Alert(severity="HIGH", message="while nobody watched", source="test"))
+    assert driver.command(cmd.Save(purpose="while away")).ok
+    again = attach(run_dir)
+    summary = again.wait_for(lambda e: isinstance(e, ev.Alert) and e.source == "away")
+    assert "1 HIGH" in summary.message and "1 checkpoints" in summary.message and summary.severity == "HIGH"
+    again.client.shutdown()

@@ -10,9 +10,10 @@ published it (usually the engine thread), so `put` only files the event:
   snapshot), see `take`;
 - the rest (log lines, steps, comparisons): up to `capacity`, the oldest dropped and counted.
 
-Control messages for this client (its role changed, how many are attached)
-are filed with the events that matter. The client's writer thread `take`s what
-is waiting, in publish order.
+What is for this client alone (answers to its commands, refusals, its role,
+how many are attached) is private: kept apart, never cleared by a resync or a
+snapshot (only the oldest dropped beyond `capacity`). The client's writer
+thread `take`s what is waiting, in publish order.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class ClientOutbox:
         self._latest: dict[Hashable, tuple[int, Event]] = {}
         self._matters: collections.deque[tuple[int, Item]] = collections.deque()
         self._rest: collections.deque[tuple[int, Event]] = collections.deque()
+        self._private: collections.deque[tuple[int, Item]] = collections.deque()
         self.dropped = 0  # of the rest, since the last take
         self.resync_needed = False
         self.closed = False
@@ -75,17 +77,21 @@ class ClientOutbox:
                 self._rest.append((seq, event))
             self._lock.notify()
 
-    def put_message(self, message: dict[str, Any]) -> None:
-        """A protocol message for this client only; never coalesced or dropped (but cleared by a resync)."""
+    def put_private(self, item: Item) -> None:
+        """An event or protocol message for this client only; survives resyncs and snapshots."""
         with self._lock:
             if self.closed:
                 return
-            if len(self._matters) >= self.capacity:
-                self._clear()
-                self.resync_needed = True
-            else:
-                self._matters.append((next(self._seq), message))
+            if len(self._private) >= self.capacity:
+                self._private.popleft()
+            self._private.append((next(self._seq), item))
             self._lock.notify()
+
+    def discard_shared(self) -> None:
+        """Forget every shared event (a snapshot is about to stand for them); private items stay."""
+        with self._lock:
+            self._clear()
+            self.resync_needed = False
 
     def _clear(self) -> None:
         self._latest.clear()
@@ -97,20 +103,22 @@ class ClientOutbox:
         with self._lock:
             self.closed = True
             self._clear()
+            self._private.clear()
             self._lock.notify_all()
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._latest) + len(self._matters) + len(self._rest)
+            return len(self._latest) + len(self._matters) + len(self._rest) + len(self._private)
 
     def take(self, timeout: float | None = None) -> tuple[list[Item], bool, int]:
         """(events in publish order, whether a resync is needed first, how many were dropped); waits up to `timeout`."""
         with self._lock:
             self._lock.wait_for(lambda: self.closed or self.resync_needed or self._matters or self._rest
-                                or self._latest, timeout)
-            merged = list(heapq.merge(self._matters, self._rest, sorted(self._latest.values(), key=lambda i: i[0]),
-                                      key=lambda item: item[0]))
+                                or self._latest or self._private, timeout)
+            merged = list(heapq.merge(self._matters, self._rest, self._private,
+                                      sorted(self._latest.values(), key=lambda i: i[0]), key=lambda item: item[0]))
             resync, dropped = self.resync_needed, self.dropped
             self._clear()
+            self._private.clear()
             self.resync_needed = False
             return [event for _, event in merged], resync, dropped

@@ -38,6 +38,7 @@ class EngineView:
         self.progress: dict[str, ev.Progress] = {}
         self.alerts: collections.deque[ev.Alert] = collections.deque(maxlen=RECENT_ALERTS)
         self.outcome: ev.RunOutcome | None = None
+        self.restores = 0  # successful restores and rollbacks so far
 
     def apply(self, event: ev.Event) -> None:
         if isinstance(event, ev.EngineStateChanged):
@@ -53,6 +54,8 @@ class EngineView:
                                                      key=lambda c: c.created))
         elif isinstance(event, ev.CheckpointDeleted):
             self._edit_checkpoints(lambda cs: [c for c in cs if c.id != event.checkpoint_id])
+        elif isinstance(event, ev.CheckpointRestored):
+            self.restores += int(event.ok)
         elif isinstance(event, ev.CouplingView):
             self.coupling = event
         elif isinstance(event, ev.ExperimentStep):
@@ -79,6 +82,22 @@ class EngineView:
                 out.append(item)
         return out
 
+    @property
+    def current_step(self) -> int:
+        return self.step.step if self.step else (self.state.step if self.state else 0)
+
+    def mark(self, now: float) -> tuple[float, int, int]:
+        """What `away_summary` later compares with: the time, the step, the restores so far."""
+        return now, self.current_step, self.restores
+
+    def away_summary(self, mark: tuple[float, int, int]) -> dict:
+        """What happened since `mark` (the last console left): alerts by severity, checkpoints, restores, steps."""
+        since, step, restores = mark
+        alerts = collections.Counter(a.severity for a in self.alerts if a.time >= since)
+        checkpoints = sum(1 for c in (self.checkpoints.checkpoints if self.checkpoints else ()) if c.created >= since)
+        return {"since": since, "alerts": dict(alerts), "checkpoints": checkpoints,
+                "restores": self.restores - restores, "steps": max(0, self.current_step - step)}
+
     def summary(self) -> dict:
         """State, model, experiment and step, for `redline ps` and the hello answer."""
         state = self.state
@@ -86,7 +105,7 @@ class EngineView:
             "state": state.state.value if state else ev.EngineState.STARTING.value,
             "model": state.model if state else "",
             "experiment": state.experiment if state else None,
-            "step": self.step.step if self.step else (state.step if state else 0),
+            "step": self.current_step,
             "started_at": self.started_at,
         }
 

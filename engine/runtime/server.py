@@ -63,6 +63,7 @@ class EngineServer:
         self._acceptor: threading.Thread | None = None
         self._entry: Path | None = None
         self._numbers = 0
+        self._away: tuple[float, int, int] | None = None  # EngineView.mark() when the last console left
         self._stopping = threading.Event()
         self._encoded: collections.OrderedDict[int, tuple[Event, bytes]] = collections.OrderedDict()
         self._encoded_lock = threading.Lock()
@@ -153,7 +154,7 @@ class EngineServer:
                 self._unclaimed.popitem(last=False)
             return
         connection, client_id = owner
-        connection.outbox.put(dataclasses.replace(done, command_id=client_id))
+        connection.outbox.put_private(dataclasses.replace(done, command_id=client_id))
 
     def claim(self, engine_id: int, connection: Connection, client_id: int) -> None:
         """Route the answer to engine command `engine_id` to `connection` (it may already have been published)."""
@@ -184,6 +185,9 @@ class EngineServer:
                 return "the engine is stopping"
             if len(self.connections) >= MAX_CLIENTS:
                 return f"too many consoles attached (at most {MAX_CLIENTS})"
+            if not self.connections and self._away is not None:
+                connection.away = self.view.away_summary(self._away)
+                self._away = None
             self.connections.append(connection)
             if wants_control and self.controller is None and not connection.readonly:
                 self.controller = connection
@@ -195,6 +199,8 @@ class EngineServer:
         with self.lock:
             if connection in self.connections:
                 self.connections.remove(connection)
+                if not self.connections:
+                    self._away = self.view.mark(time.time())
             if self.controller is connection:
                 self.controller = None
             for engine_id in [i for i, (c, _) in self._owners.items() if c is connection]:
@@ -208,9 +214,9 @@ class EngineServer:
                 return
             self.controller = connection
             if previous is not None:
-                previous.outbox.put_message({"t": "role", "role": "observer",
+                previous.outbox.put_private({"t": "role", "role": "observer",
                                              "reason": f"console {connection.number} ({connection.name}) took control"})
-            connection.outbox.put_message({"t": "role", "role": "controller", "reason": "you took control"})
+            connection.outbox.put_private({"t": "role", "role": "controller", "reason": "you took control"})
             self._announce_clients()
 
     def role_of(self, connection: Connection) -> str:
@@ -219,7 +225,7 @@ class EngineServer:
 
     def _announce_clients(self) -> None:
         for connection in self.connections:
-            connection.outbox.put_message({"t": "clients", "count": len(self.connections),
+            connection.outbox.put_private({"t": "clients", "count": len(self.connections),
                                            "controller": self.controller.number if self.controller else None})
 
     def hello_fields(self) -> dict:
@@ -231,7 +237,7 @@ class EngineServer:
         """The picture for `connection`, taken atomically with emptying its outbox (no gap, no duplicate)."""
         earlier = [] if resync else journal_alerts(self.run_dir, before=self.view.started_at)
         with self.lock:
-            connection.outbox.take(timeout=0)
+            connection.outbox.discard_shared()
             events = self.view.snapshot_events(earlier)
             if resync and connection.last_alert is not None:
                 alerts = list(self.view.alerts)

@@ -55,6 +55,7 @@ class Connection:
         self.outbox = ClientOutbox(server.outbox_capacity or DEFAULT_CAPACITY)
         self.snapshot_pending = False
         self.last_alert: Alert | None = None
+        self.away: dict | None = None  # what happened while no console was attached (EngineView.away_summary)
         self.closed = threading.Event()
         self._send_lock = threading.Lock()
         self._writer: threading.Thread | None = None
@@ -136,18 +137,19 @@ class Connection:
         elif isinstance(command, CONTROLLER_ONLY) and self.server.role_of(self) != protocol.ROLE_CONTROLLER:
             refusal = "refused: this console is an observer; take control first"
         if refusal:
-            self.outbox.put(CommandDone(command_id=client_id, command=command.kind, ok=False, message=refusal))
+            self.outbox.put_private(CommandDone(command_id=client_id, command=command.kind, ok=False, message=refusal))
             return
         engine_id = self.server.engine.submit(command)
         self.server.claim(engine_id, self, client_id)
 
     def _tell(self, text: str) -> None:
-        self.outbox.put(Alert(severity="LOW", message=text, source="server"))
+        self.outbox.put_private(Alert(severity="LOW", message=text, source="server"))
 
     # -- out ------------------------------------------------------------------------------------
     def _write_loop(self) -> None:
         try:
-            hello = protocol.hello(role=self.server.role_of(self), console=self.number, **self.server.hello_fields())
+            hello = protocol.hello(role=self.server.role_of(self), console=self.number, away=self.away,
+                                   **self.server.hello_fields())
             self._send([protocol.encode(hello)])
             self._send_snapshot(resync=False)
             while not self.closed.is_set():
