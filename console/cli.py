@@ -1,4 +1,4 @@
-"""`redline`: the console's command line (also `redline run --headless` and `redline replay`)."""
+"""`redline`: the console's command line (also `run --headless|--detach`, `attach`, `ps`, `stop`, `replay`)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,10 @@ def console_parser() -> argparse.ArgumentParser:
         description="Redline: a safety console for changing a language model's weights while it runs. "
         "Starts the engine (which loads the model in its own thread) and the full-screen console. "
         "Other forms: `redline run --headless [...]` runs an experiment without the console, printing "
-        "events as JSON lines; `redline replay FILE.jsonl` opens the console read-only on such a log.",
+        "events as JSON lines; `redline run --detach [...]` starts the engine in the background, serving "
+        "<run_dir>/engine.sock; `redline attach [RUN_DIR|PID]` (or `--socket PATH`) opens the console on a "
+        "running engine; `redline ps [--json]` lists them; `redline stop [RUN_DIR|PID]` stops one safely; "
+        "`redline replay FILE.jsonl` opens the console read-only on a headless log.",
         epilog=KEYS.format(keymap=default_keymap_path()) + "\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -108,10 +111,23 @@ def replay_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"] and "--detach" in argv[1:]:
+        from console.remote_cli import run_detached
+
+        return run_detached(argv[1:])
     if argv[:1] == ["run"]:
         from engine.runtime.headless import main as headless_main
 
         return headless_main(argv[1:])
+    if argv[:1] in (["attach"], ["ps"], ["stop"]):
+        from console import remote_cli
+
+        if argv[0] == "attach":
+            args = remote_cli.attach_parser(_add_display_options).parse_args(argv[1:])
+            if problem := _check_display_options(args):
+                return _fail(problem)
+            return remote_cli.attach(args, run_console)
+        return (remote_cli.ps if argv[0] == "ps" else remote_cli.stop)(argv[1:])
     if argv[:1] == ["replay"]:
         return _replay(replay_parser().parse_args(argv[1:]))
     return _console(console_parser().parse_args(argv))

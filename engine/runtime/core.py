@@ -238,12 +238,12 @@ class EngineCore:
         from engine.checkpointing import CheckpointManager
         from engine.introspection import WeightInspector
         from engine.model_manager import ModelManager
-        from engine.paths import default_run_dir
+        from engine.paths import resolve_run_dir
         from engine.safety_monitor import SafetyMonitor
 
         config = self.config
         readonly = config.readonly
-        self.run_dir = Path(config.run_dir).expanduser() if config.run_dir else default_run_dir(config.model)
+        self.run_dir = resolve_run_dir(config.run_dir, config.model)
         self.set_state(EngineState.LOADING, f"loading {config.model}")
         try:
             self.manager = ModelManager(config.model, device=config.device, dtype=config.dtype,

@@ -1,6 +1,7 @@
 """`redline run --headless`: run an experiment without the console, events as JSON lines.
 
-Every engine event is printed to stdout as one JSON object per line (flushed),
+The engine serves `<run_dir>/engine.sock` meanwhile, so `redline attach` can
+watch a headless run. Every engine event is printed to stdout as one JSON object per line (flushed),
 so the run can be followed live, piped into tools, or replayed later with
 `redline replay FILE.jsonl`. The process exits when the experiment ends.
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--headless", action="store_true", help="accepted for `redline run --headless` (always headless)")
+    parser.add_argument("--detach", action="store_true",
+                        help="`redline run --detach`: start the engine as a background process that keeps serving "
+                             "<run_dir>/engine.sock after the experiment, until `redline stop`; prints its run "
+                             "directory and pid once the socket answers (attach with `redline attach`)")
     parser.add_argument("--experiment", default="demo", metavar="FILE|demo",
                         help="a .py file defining run(ctx), or 'demo' (default)")
     parser.add_argument("--model", default="demo", metavar="PATH|demo",
@@ -129,6 +134,25 @@ def _print(events: list, out: TextIO) -> bool:
         return False
 
 
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    """The engine configuration `redline run` options describe; the engine serves its socket."""
+    options = {}
+    if args.max_steps is not None:
+        options["max_steps"] = args.max_steps
+    return EngineConfig(
+        model=args.model,
+        experiment=None if args.experiment in ("none", "") else args.experiment,
+        run_dir=args.run_dir,
+        device=args.device,
+        dtype=args.dtype,
+        forensic_checkpoints=not args.no_forensic,
+        experiment_options=options,
+        tokenizer=args.tokenizer,
+        policy_file=args.policy,
+        serve=True,
+    )
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = out or sys.stdout
@@ -141,24 +165,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         except PolicyError as exc:
             print(f"--policy: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
-    options = {}
-    if args.max_steps is not None:
-        options["max_steps"] = args.max_steps
-    config = EngineConfig(
-        model=args.model,
-        experiment=None if args.experiment in ("none", "") else args.experiment,
-        run_dir=args.run_dir,
-        device=args.device,
-        dtype=args.dtype,
-        forensic_checkpoints=not args.no_forensic,
-        experiment_options=options,
-        tokenizer=args.tokenizer,
-        policy_file=args.policy,
-    )
+    config = config_from_args(args)
+    engine = Engine(config)
+    try:
+        engine.start()
+    except OSError as exc:  # the socket cannot be served, e.g. another engine serves this run directory
+        print(f"redline: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     signals = _Signals()
     signals.install()
-    engine = Engine(config)
-    engine.start()
     code: int | None = None
     shutting_down = False
     stdout_ok = True
