@@ -41,6 +41,7 @@ MAX_EVENTS_PER_PUMP = 5000
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_NO_FINAL_CHECKPOINT = 5  # the engine's final checkpoint was due and not written (as in headless mode)
 
 
 class EngineAnswered(Message):
@@ -81,6 +82,7 @@ class RedlineApp(App[int], inherit_bindings=False):
         self.requested_theme = theme
         self.watch_terminal = watch_terminal
         self.exit_reason = ""
+        self.shutdown_result = None  # what the engine's shutdown did with the final checkpoint (None: a replay)
         self._pending: dict[int, tuple[float, Callable[[CommandDone], None] | None]] = {}
         self._shutting_down = False
         self.terminal_watch: TerminalWatch | None = None  # stopped by whoever ran the app, after run()
@@ -131,7 +133,7 @@ class RedlineApp(App[int], inherit_bindings=False):
             for sig in (signal.SIGHUP, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         if not self._shutting_down and self.source.is_alive():
-            self.source.shutdown()  # the app ended another way (an error): never leave the engine running
+            self.shutdown_result = self.source.shutdown()  # the app ended another way (an error): never leave the engine running
 
     # --- events in -------------------------------------------------------
 
@@ -392,7 +394,7 @@ class RedlineApp(App[int], inherit_bindings=False):
     def _shutdown_engine(self, return_code: int) -> None:
         error: BaseException | None = None
         try:
-            self.source.shutdown()
+            self.shutdown_result = self.source.shutdown()
         except Exception as exc:
             error = exc
         try:
@@ -405,4 +407,7 @@ class RedlineApp(App[int], inherit_bindings=False):
         if error is not None:
             self.exit_reason += f"; engine shutdown failed: {error}"
             return_code = return_code or EXIT_ERROR
+        result = self.shutdown_result
+        if result is not None and not result.ok:
+            return_code = EXIT_NO_FINAL_CHECKPOINT
         self.exit(return_code, return_code=return_code)

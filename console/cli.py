@@ -15,10 +15,13 @@ exit codes (console and replay):
   2    bad command line (unknown option, missing file, unknown theme)
   129  the terminal went away (SSH drop, SIGHUP); the engine was stopped safely first
   143  terminated (SIGTERM); the engine was stopped safely first
+  5    the engine's final checkpoint was not written (the save failed, or the engine did not
+       stop within --shutdown-timeout); the last line says why. Takes precedence over 0/129/143
 
 exit codes (run --headless; details in `redline run --headless --help`):
   0 finished or stopped cleanly · 1 rolled back or the experiment raised; model recovered ·
-  2 model or experiment unusable · 3 unrecovered CRITICAL · 4 engine failure
+  2 model or experiment unusable · 3 unrecovered CRITICAL · 4 engine failure ·
+  5 final checkpoint not written
 """
 
 KEYS = """\
@@ -64,7 +67,8 @@ def console_parser() -> argparse.ArgumentParser:
         "events as JSON lines; `redline run --detach [...]` starts the engine in the background, serving "
         "<run_dir>/engine.sock; `redline attach [RUN_DIR|PID]` (or `--socket PATH`) opens the console on a "
         "running engine; `redline ps [--json]` lists them; `redline stop [RUN_DIR|PID]` stops one safely; "
-        "`redline replay FILE.jsonl` opens the console read-only on a headless log.",
+        "`redline replay FILE.jsonl` opens the console read-only on a headless log; "
+        "`redline checkpoints ls|show|verify|diff|export|gc|rm` works on a run's checkpoints (see its --help).",
         epilog=KEYS.format(keymap=default_keymap_path()) + "\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -90,6 +94,9 @@ def console_parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", default=None, metavar="FILE",
                         help="a TOML policy file: thresholds, rule parameters and actions over the defaults "
                              "(and over policy.toml in the run directory)")
+    parser.add_argument("--shutdown-timeout", type=float, default=120.0, metavar="S",
+                        help="seconds to wait, on quit, for the experiment to stop and the final checkpoint "
+                        "to be written before exiting with code 5 (default 120)")
     _add_display_options(parser)
     parser.add_argument("--version", action="version", version=f"redline {_version()}")
     return parser
@@ -130,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         return (remote_cli.ps if argv[0] == "ps" else remote_cli.stop)(argv[1:])
     if argv[:1] == ["replay"]:
         return _replay(replay_parser().parse_args(argv[1:]))
+    if argv[:1] == ["checkpoints"]:
+        from engine.checkpoints_cli.command_line import main as checkpoints_main
+
+        return checkpoints_main(argv[1:])
     return _console(console_parser().parse_args(argv))
 
 
@@ -172,6 +183,7 @@ def _console(args: argparse.Namespace) -> int:
         threads=engine_threads(),
         tokenizer=str(args.tokenizer) if args.tokenizer is not None else None,
         policy_file=args.policy,
+        shutdown_timeout=args.shutdown_timeout,
     )
     return run_console(Engine(config), args)
 
@@ -211,7 +223,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 def run_console(source, args: argparse.Namespace) -> int:
     """Run the app on `source`; whatever happens, the engine is stopped before returning."""
-    from console.app import EXIT_ERROR, RedlineApp
+    from console.app import EXIT_ERROR, EXIT_NO_FINAL_CHECKPOINT, RedlineApp
     from console.bindings import BINDINGS
     from console.keymap import default_keymap_path, load_keymap
 
@@ -223,13 +235,19 @@ def run_console(source, args: argparse.Namespace) -> int:
         app.run()
         code = app.return_code if app.return_code is not None else EXIT_ERROR
     finally:
-        if source.is_alive():
-            source.shutdown()
+        if source.is_alive() and app.shutdown_result is None:
+            app.shutdown_result = source.shutdown()
         if app.terminal_watch is not None:
             app.terminal_watch.stop()
-    if app.exit_reason and code:
+    result = app.shutdown_result
+    if result is not None and not result.ok:
+        code = EXIT_NO_FINAL_CHECKPOINT
+    lines = [app.exit_reason] if app.exit_reason and code else []
+    if result is not None and not result.ok:
+        lines.append(result.describe())  # the last line: the model's last state was not saved
+    for line in lines:
         try:
-            print(f"redline: {app.exit_reason}", file=sys.stderr)
+            print(f"redline: {line}", file=sys.stderr)
         except OSError:
             pass
     return code

@@ -34,6 +34,7 @@ from engine.runtime.health import HealthWatch
 from engine.runtime.loop import ERROR, IDLE, CommandLoop
 from engine.runtime.outcomes import OUTCOME_MODEL_ERROR, OUTCOME_POLICY_ERROR
 from engine.runtime.recovery import RecoveryActions
+from engine.runtime.shutdown_result import FAILED, SKIPPED, WRITTEN, ShutdownResult
 from engine.runtime.stop import EMERGENCY, EmergencyStopRequested, StopSupervisor
 from engine.store.metadata import CheckpointState, checkpoint_metadata
 
@@ -201,18 +202,35 @@ class EngineCore:
         self.set_state(EngineState.ERROR, message)
 
     def finish_for_shutdown(self, command: Shutdown) -> None:
-        """Shutdown while idle: save the final state (unless read-only or told not to)."""
+        """Shutdown while idle: save the final state (unless read-only or told not to); record what happened."""
         self.runner.pending = None
-        if command.checkpoint and not self.config.readonly and self.checkpoints is not None:
+        if not command.checkpoint:
+            self.engine.shutdown_result = ShutdownResult(SKIPPED, reason="the shutdown asked for none")
+        elif self.config.readonly or self.checkpoints is None:
+            self.engine.shutdown_result = ShutdownResult(SKIPPED, reason="the engine is read-only")
+        else:
             try:
                 self.final_checkpoint = self.save_checkpoint(
                     checkpoint_metadata(CheckpointState.SHUTDOWN, "Final checkpoint at shutdown",
                                         health=self.health.label()),
                     hold=False,
                 )
+                self.engine.shutdown_result = ShutdownResult(WRITTEN, checkpoint_id=self.final_checkpoint)
             except Exception as exc:
+                why = f"the save failed: {type(exc).__name__}: {exc}"
+                self.engine.shutdown_result = ShutdownResult(FAILED, reason=why)
                 self.alert("HIGH", f"Final checkpoint at shutdown failed: {type(exc).__name__}: {exc}")
         self.set_state(EngineState.STOPPING, "shutting down")
+
+    def unsaved_reason(self) -> ShutdownResult:
+        """The result of a shutdown that never reached finish_for_shutdown (the error state)."""
+        if self.shutdown_command is not None and not self.shutdown_command[1].checkpoint:
+            return ShutdownResult(SKIPPED, reason="the shutdown asked for none")
+        if self.model is None:
+            return ShutdownResult(SKIPPED, reason=f"no model was loaded ({self.engine.error or 'none'})")
+        if self.config.readonly:
+            return ShutdownResult(SKIPPED, reason="the engine is read-only")
+        return ShutdownResult(FAILED, reason=f"the engine had failed before the shutdown: {self.engine.error}")
 
     def teardown(self) -> None:
         for closer in (
@@ -225,10 +243,13 @@ class EngineCore:
                 closer()
             except Exception as exc:
                 log.warning("engine teardown: %s", exc)
+        if self.engine.shutdown_result is None:
+            self.engine.shutdown_result = self.unsaved_reason()
         if self.shutdown_command is not None:
             command_id, command = self.shutdown_command
+            result = self.engine.shutdown_result
             self.publish(CommandDone(command_id=command_id, command=command.kind, ok=True,
-                                     message="engine shut down", result=self.final_checkpoint))
+                                     message=f"engine shut down; {result.describe()}", result=self.final_checkpoint))
         self.set_state(EngineState.STOPPED, "engine thread ended")
 
     # -- setup -----------------------------------------------------------------------

@@ -13,6 +13,8 @@ Exit codes:
   2  bad input: the model or the experiment file could not be used
   3  an unrecovered CRITICAL problem: a rollback failed or the model was left unhealthy
   4  the engine itself failed
+  5  the final checkpoint was due and not written (the save failed, or the engine did
+     not stop within --shutdown-timeout); the last line on stderr says why
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from typing import TextIO
 
 from engine.commands import Shutdown
 from engine.events import EngineState
 from engine.policy_file import PolicyError, load_policy_file
 from engine.runtime.engine import Engine, EngineConfig
+from engine.runtime.shutdown_result import EXIT_NO_FINAL_CHECKPOINT
 from engine.runtime.outcomes import (
     OUTCOME_FAILED,
     OUTCOME_FINISHED,
@@ -63,6 +67,8 @@ EPILOG = """exit codes:
   2  bad input (model, experiment or policy file unusable)
   3  unrecovered CRITICAL (rollback failed / model left unhealthy)
   4  engine failure
+  5  the final checkpoint was not written (save failed, or no stop within --shutdown-timeout);
+     the last line on stderr says why
 """
 
 
@@ -96,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(and over policy.toml in the run directory)")
     parser.add_argument("--no-forensic", action="store_true",
                         help="do not keep the state before a rollback as a forensic checkpoint")
+    parser.add_argument("--shutdown-timeout", type=float, default=EngineConfig.shutdown_timeout, metavar="S",
+                        help="seconds to wait for the experiment to stop and the final checkpoint to be "
+                             f"written before giving up with exit code 5 (default {EngineConfig.shutdown_timeout:g})")
     return parser
 
 
@@ -150,6 +159,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         tokenizer=args.tokenizer,
         policy_file=args.policy,
         serve=True,
+        shutdown_timeout=args.shutdown_timeout,
     )
 
 
@@ -176,6 +186,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     signals.install()
     code: int | None = None
     shutting_down = False
+    deadline = 0.0
     stdout_ok = True
     try:
         while engine.is_alive():
@@ -183,6 +194,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             if stdout_ok:
                 stdout_ok = _print(engine.drain_events(), out)
             if shutting_down:
+                if time.monotonic() >= deadline:
+                    break
                 continue
             if signals.received is not None or not stdout_ok:
                 code = EXIT_OK
@@ -195,14 +208,27 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
                     code = EXIT_OK
             if code is not None:
                 shutting_down = True
+                deadline = time.monotonic() + max(0.0, args.shutdown_timeout)
                 engine.submit(Shutdown(checkpoint=code in (EXIT_OK, EXIT_RECOVERED)))
+        result = engine.shutdown(timeout=0)
         if stdout_ok:
             _print(engine.drain_events(), out)
     finally:
         signals.restore()
     if code is None:  # the thread ended on its own
         code = EXIT_ENGINE_FAILURE if engine.error and engine.outcome not in _BAD_INPUT else EXIT_BAD_INPUT
+    if not result.ok:
+        if code in (EXIT_OK, EXIT_RECOVERED):
+            code = EXIT_NO_FINAL_CHECKPOINT
+        _last_line(f"redline: {result.describe()}")
     return code
+
+
+def _last_line(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _restart_pending(engine: Engine) -> bool:
