@@ -37,7 +37,8 @@ class ExperimentHost(Protocol):
     device: Any
     journal: Any
 
-    def experiment_step(self, ctx: "ExperimentContext", name: str) -> int: ...
+    def experiment_step(self, ctx: "ExperimentContext", name: str, loss: Any = None,
+                        metrics: dict | None = None) -> int: ...
     def experiment_wait(self, ctx: "ExperimentContext", seconds: float) -> None: ...
     def experiment_log(self, ctx: "ExperimentContext", text: str) -> None: ...
     def modification_recorded(self, layer_name: str) -> None: ...
@@ -134,9 +135,13 @@ class ExperimentContext:
         """Send one line to the operator (a LogLine event)."""
         self._host.experiment_log(self, str(text))
 
-    def step(self, name: str = "") -> int:
-        """Mark a step boundary; returns the step number. May raise the stop exception."""
-        return self._host.experiment_step(self, str(name))
+    def step(self, name: str = "", loss: Any = None, **metrics: Any) -> int:
+        """Mark a step boundary; returns the step number. May raise the stop exception.
+
+        `loss` and `metrics` (numbers or one-element tensors) feed the rolling detection rules:
+        spikes, non-finite values and output collapse.
+        """
+        return self._host.experiment_step(self, str(name), loss, metrics)
 
     def wait(self, seconds: float) -> None:
         """Sleep up to `seconds` while the engine keeps answering commands and watching health."""
