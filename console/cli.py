@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         from engine.runtime.headless import main as headless_main
 
         return headless_main(argv[1:])
+    if argv[:1] == ["edits"]:
+        from engine.edits.cli import main as edits_main
+
+        return edits_main(argv[1:])
     if argv[:1] in (["attach"], ["ps"], ["stop"]):
         from console import remote_cli
 

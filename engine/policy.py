@@ -360,3 +360,13 @@ class Policy:
 def strongest_action(issues: Iterable[Mapping]) -> Action:
     """The strongest action among decided issues (ALERT when none)."""
     return max((Action(i.get("action", "alert")) for i in issues), key=lambda a: a.rank, default=Action.ALERT)
+
+
+# -- the edit gate ---------------------------------------------------------------------------
+
+#: ||dW||/||W|| of one tensor an edit touches above which the edit gate rejects the edit.
+#: Measured on the demo model (bench/edits.py, "gate" rows): ROME-style rank-one edits that
+#: rewrite one key's MLP output by 0.5-4x its norm move the matrix by 0.07-0.52 and leave the
+#: held-out perplexity unchanged; edits that damage the model (perplexity +7% to x2.3: a
+#: rank-one rewrite by 16-64x, the matrix scaled by 3 or 10) move it by 2 and more.
+EDIT_RELATIVE_CHANGE_LIMIT = 1.0

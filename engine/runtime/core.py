@@ -59,6 +59,7 @@ class EngineCore:
         self.checkpoints: Any = None
         self.safety: Any = None
         self.memory: Any = None
+        self.journal: Any = None  # the EditJournal, opened on first use (edit_journal)
         self.inspector: Any = None
         self.device: Any = None
         self.dtype: Any = None
@@ -238,6 +239,7 @@ class EngineCore:
             lambda: self.supervisor and self.supervisor.close(),
             lambda: self.safety and self.safety.detach_activation_monitor(),
             lambda: self.memory and self.memory.close(),
+            lambda: self.journal and self.journal.close(),
         ):
             try:
                 closer()
@@ -346,6 +348,19 @@ class EngineCore:
                 self.memory.close()
             self.memory = None
             self.alert("HIGH", f"Memory system unavailable, running without it: {exc}")
+
+    def edit_journal(self) -> Any:
+        """The run's EditJournal (engine.edits) over the current model, opened on first use."""
+        if self.config.readonly or self.run_dir is None:
+            raise RuntimeError("the engine is read-only (--readonly): edits cannot be made or journaled")
+        if self.journal is not None and self.journal.model is not self.model:
+            self.journal.close()  # the model was reloaded: journal the new one
+            self.journal = None
+        if self.journal is None:
+            from engine.edits import EditJournal
+
+            self.journal = EditJournal(self.model, self.run_dir)
+        return self.journal
 
     def bind_model(self) -> None:
         """Take the model, tokenizer, device and dtype from the model manager."""

@@ -35,6 +35,7 @@ class ExperimentHost(Protocol):
     memory: Any
     inspector: Any
     device: Any
+    journal: Any
 
     def experiment_step(self, ctx: "ExperimentContext", name: str, loss: Any = None,
                         metrics: dict | None = None) -> int: ...
@@ -101,6 +102,15 @@ class ExperimentContext:
     @property
     def device(self) -> Any:
         return self._host.device
+
+    @property
+    def journal(self) -> Any:
+        """The run's EditJournal (engine.edits): each edit a transaction, revertible one by one."""
+        return self._host.journal
+
+    def edit(self, description: str, **options: Any) -> Any:
+        """`with ctx.edit("what", layer=3):` is `with ctx.journal.edit("what", layer=3):`."""
+        return self.journal.edit(description, **options)
 
     @property
     def batch_size(self) -> int:

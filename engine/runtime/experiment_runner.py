@@ -116,6 +116,10 @@ class ExperimentRunner:
     def device(self) -> Any:
         return self._core.device
 
+    @property
+    def journal(self) -> Any:
+        return self._core.edit_journal()
+
     # -- scheduling ------------------------------------------------------------------------------
     def queue(self, path: str | None, delay: float) -> str | None:
         """Load an experiment and schedule it; None (and a HIGH alert) when the file is unusable."""
