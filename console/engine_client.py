@@ -145,8 +145,8 @@ class EngineClient:
         with self._ready:
             return self._ready.wait_for(lambda: bool(self._events), timeout)
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Detach: say goodbye and close; the engine keeps running."""
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Detach: say goodbye and close; the engine keeps running (None: no final checkpoint was due)."""
         self._send({"t": "bye"})
         self._close("detached")
 
