@@ -41,6 +41,7 @@ STUCK = """
 
     def run(ctx):
         ctx.step("about to sleep")
+        ctx.log("sleeping now")
         time.sleep({seconds})  # one C call: the stop flag and the asynchronous exception wait for it
 """
 
@@ -96,17 +97,20 @@ def _headless(tmp_path: Path, model_dir: Path, experiment: Path, *extra: str) ->
                              *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _wait_for_step(proc: subprocess.Popen, step: int) -> None:
+def _wait_for(proc: subprocess.Popen, wanted, what: str) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             break
-        event = json.loads(line)
-        if event["event"] == "step" and event["step"] >= step:
+        if wanted(json.loads(line)):
             return
     proc.kill()
-    raise AssertionError(f"the experiment never reached step {step}: {proc.stderr.read()[-2000:]}")
+    raise AssertionError(f"the experiment never reached {what}: {proc.stderr.read()[-2000:]}")
+
+
+def _wait_for_step(proc: subprocess.Popen, step: int) -> None:
+    _wait_for(proc, lambda event: event["event"] == "step" and event["step"] >= step, f"step {step}")
 
 
 @pytest.mark.slow
@@ -125,7 +129,8 @@ def test_headless_sigterm_with_a_failing_final_save_exits_5(tiny_model_dir, tmp_
 def test_headless_sigterm_with_a_stuck_experiment_exits_5(tiny_model_dir, tmp_path):
     experiment = write_experiment(tmp_path, STUCK.format(seconds=300))
     proc = _headless(tmp_path, tiny_model_dir, experiment, "--shutdown-timeout", "1")
-    _wait_for_step(proc, 1)
+    _wait_for(proc, lambda event: event["event"] == "log" and event["text"] == "sleeping now", "its sleep")
+    time.sleep(0.5)  # into the sleep: the step's own upkeep is over
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_NO_FINAL_CHECKPOINT, err[-3000:]
