@@ -22,7 +22,7 @@ from textual.screen import Screen
 
 from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
 from console.console_state import Batch, ConsoleState
-from console.event_source import EventSource, describe, is_readonly
+from console.event_source import EventSource, attachment, describe, is_readonly
 from console.screens.compare_view import CompareView
 from console.screens.confirm import quit_question, restore_question
 from console.screens.help_screen import HelpScreen
@@ -170,9 +170,8 @@ class RedlineApp(App[int], inherit_bindings=False):
             self._answered(done)
 
     def _show_header(self) -> None:
-        self.main.header.show(
-            self.state, self.clock(), source_label=describe(self.source), readonly=self.readonly
-        )
+        self.main.header.show(self.state, self.clock(), source_label=describe(self.source), readonly=self.readonly,
+                              attachment=attachment(self.source))
 
     def _tick(self) -> None:
         """Once a second: the uptime clock."""
@@ -344,6 +343,9 @@ class RedlineApp(App[int], inherit_bindings=False):
         if self._shutting_down:
             self.notify("Already stopping the engine safely…")
             return
+        if getattr(self.source, "detaches", False):  # attached over the socket: quitting leaves the engine running
+            self.stop_and_exit(EXIT_OK, "detached")
+            return
         if self.state.experiment_active and not self.readonly:
 
             def answered(yes: bool | None) -> None:
@@ -384,7 +386,8 @@ class RedlineApp(App[int], inherit_bindings=False):
             return
         self._shutting_down = True
         self.exit_reason = reason
-        self.notify("Stopping the engine safely…", timeout=60)
+        detaching = getattr(self.source, "detaches", False)
+        self.notify("Detaching; the engine keeps running…" if detaching else "Stopping the engine safely…", timeout=60)
         self._shutdown_engine(return_code)
 
     @work(thread=True, exclusive=True, group="shutdown", exit_on_error=False)

@@ -1,4 +1,4 @@
-"""`redline`: the console's command line (also `redline run --headless` and `redline replay`)."""
+"""`redline`: the console's command line (also `run --headless|--detach`, `attach`, `ps`, `stop`, `replay`)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,10 @@ def console_parser() -> argparse.ArgumentParser:
         description="Redline: a safety console for changing a language model's weights while it runs. "
         "Starts the engine (which loads the model in its own thread) and the full-screen console. "
         "Other forms: `redline run --headless [...]` runs an experiment without the console, printing "
-        "events as JSON lines; `redline replay FILE.jsonl` opens the console read-only on such a log; "
+        "events as JSON lines; `redline run --detach [...]` starts the engine in the background, serving "
+        "<run_dir>/engine.sock; `redline attach [RUN_DIR|PID]` (or `--socket PATH`) opens the console on a "
+        "running engine; `redline ps [--json]` lists them; `redline stop [RUN_DIR|PID]` stops one safely; "
+        "`redline replay FILE.jsonl` opens the console read-only on a headless log; "
         "`redline checkpoints ls|show|verify|diff|export|gc|rm` works on a run's checkpoints (see its --help).",
         epilog=KEYS.format(keymap=default_keymap_path()) + "\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -88,6 +91,9 @@ def console_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", metavar="DTYPE", help="model dtype: bfloat16, float16, float32 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--no-forensic", action="store_true",
                         help="on emergency stop, do not keep the rolled-back-from state as a forensic checkpoint")
+    parser.add_argument("--policy", default=None, metavar="FILE",
+                        help="a TOML policy file: thresholds, rule parameters and actions over the defaults "
+                             "(and over policy.toml in the run directory)")
     parser.add_argument("--shutdown-timeout", type=float, default=120.0, metavar="S",
                         help="seconds to wait, on quit, for the experiment to stop and the final checkpoint "
                         "to be written before exiting with code 5 (default 120)")
@@ -112,10 +118,27 @@ def replay_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"] and "--detach" in argv[1:]:
+        from console.remote_cli import run_detached
+
+        return run_detached(argv[1:])
     if argv[:1] == ["run"]:
         from engine.runtime.headless import main as headless_main
 
         return headless_main(argv[1:])
+    if argv[:1] == ["edits"]:
+        from engine.edits.cli import main as edits_main
+
+        return edits_main(argv[1:])
+    if argv[:1] in (["attach"], ["ps"], ["stop"]):
+        from console import remote_cli
+
+        if argv[0] == "attach":
+            args = remote_cli.attach_parser(_add_display_options).parse_args(argv[1:])
+            if problem := _check_display_options(args):
+                return _fail(problem)
+            return remote_cli.attach(args, run_console)
+        return (remote_cli.ps if argv[0] == "ps" else remote_cli.stop)(argv[1:])
     if argv[:1] == ["replay"]:
         return _replay(replay_parser().parse_args(argv[1:]))
     if argv[:1] == ["checkpoints"]:
@@ -144,6 +167,13 @@ def _console(args: argparse.Namespace) -> int:
         return _fail(f"experiment file {experiment!r} not found; give a .py file defining run(ctx), 'demo' or 'none'")
     if problem := _check_model_options(args):
         return _fail(problem)
+    if args.policy is not None:
+        from engine.policy_file import PolicyError, load_policy_file
+
+        try:
+            load_policy_file(args.policy)
+        except PolicyError as exc:
+            return _fail(f"--policy: {exc}")
     from engine.runtime import Engine, EngineConfig
 
     config = EngineConfig(
@@ -156,6 +186,7 @@ def _console(args: argparse.Namespace) -> int:
         forensic_checkpoints=not args.no_forensic,
         threads=engine_threads(),
         tokenizer=str(args.tokenizer) if args.tokenizer is not None else None,
+        policy_file=args.policy,
         shutdown_timeout=args.shutdown_timeout,
     )
     return run_console(Engine(config), args)

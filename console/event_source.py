@@ -31,3 +31,12 @@ def describe(source: object) -> str:
         return str(label)
     config = getattr(source, "config", None)
     return f"model {getattr(config, 'model', '?')}"
+
+
+def attachment(source: object) -> str:
+    """"CONTROLLER · 2 consoles" for a console attached over the engine socket; "" for any other source."""
+    role = getattr(source, "role", None)
+    if not role:
+        return ""
+    count = getattr(source, "clients", 0) or 1
+    return f"{str(role).upper()} · {count} console{'s' if count != 1 else ''}"

@@ -72,6 +72,7 @@ class CheckpointSync:
         if ok:
             core.health.perplexity_status = "OK"
             core.health.last_perplexity = None
+            core.detection.after_restore(checkpoint_id)
         return ok
 
     def delete(self, checkpoint_id: str) -> bool:

@@ -40,6 +40,8 @@ class EngineConfig:
     experiment_options: dict[str, Any] = field(default_factory=dict)  # ctx.options (max_steps, batch_size, auto_restart...)
     threads: int | None = None  # torch intra-op threads (None: torch's default); a console leaves a core for the UI
     tokenizer: str | Path | None = None  # a tokenizer directory other than the model's (None: the model's own)
+    policy_file: str | Path | None = None  # a TOML policy over the defaults and the run dir's policy.toml
+    serve: bool = False  # serve <run_dir>/engine.sock so consoles can attach (engine.runtime.server); not when readonly
     shutdown_timeout: float = 120.0  # seconds Engine.shutdown() waits for the experiment to stop and the final save
 
 
@@ -63,6 +65,7 @@ class Engine:
         self.error: str | None = None  # the engine's own failure or the model load error, if any
         self.error_experiment: str | None = None  # why the last experiment file could not be used
         self.core: Any = None  # the engine thread's internals, for tests and diagnostics; never touch from a client
+        self.server: Any = None  # the EngineServer while config.serve is on
 
     @property
     def state(self) -> EngineState:
@@ -72,18 +75,32 @@ class Engine:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        """Start the engine thread (it loads the model). Starting twice is an error."""
+        """Start the engine thread (it loads the model), and its socket server when `config.serve`.
+
+        Starting twice is an error, and so is serving a run directory another
+        engine already serves (engine.runtime.server.EngineServerError).
+        """
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("this Engine was already started; create a new Engine to start again")
             self.started_at = time.time()
+            if self.config.serve and not self.config.readonly:
+                from engine.paths import resolve_run_dir
+                from engine.runtime.server import EngineServer
+
+                self.server = EngineServer(self, resolve_run_dir(self.config.run_dir, self.config.model))
+                self.server.start()
             self._thread = threading.Thread(target=self._thread_main, name="redline-engine", daemon=True)
             self._thread.start()
 
     def _thread_main(self) -> None:
         from engine.runtime.core import EngineCore
 
-        EngineCore(self).run()
+        try:
+            EngineCore(self).run()
+        finally:
+            if self.server is not None:
+                self.server.stop()
 
     def submit(self, command: Command) -> int:
         """Queue a command; returns its id, answered later by CommandDone(command_id=id)."""
