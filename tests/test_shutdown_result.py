@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.events import ExperimentStep
+from engine.events import LogLine
 from engine.runtime.shutdown_result import EXIT_NO_FINAL_CHECKPOINT, FAILED, TIMED_OUT, WRITTEN
 from tests.engine_harness import start_engine, tiny_model_dir, write_experiment  # noqa: F401  (fixture)
 from tests.reliability.test_disk_faults import can_mount, tmpfs
@@ -41,7 +41,7 @@ STUCK = """
 
     def run(ctx):
         ctx.step("about to sleep")
-        ctx.log("sleeping now")
+        ctx.log("sleeping now")  # nothing checks the stop flag between this line and the sleep
         time.sleep({seconds})  # one C call: the stop flag and the asynchronous exception wait for it
 """
 
@@ -80,8 +80,7 @@ def test_final_save_on_a_disk_that_filled_up_is_reported(tiny_model_dir, tmp_pat
 def test_a_shutdown_that_times_out_says_so_and_a_later_one_still_saves(tiny_model_dir, tmp_path):
     experiment = write_experiment(tmp_path, STUCK.format(seconds=6))
     driver = start_engine(tiny_model_dir, tmp_path / "run", experiment=experiment)
-    driver.wait_for(lambda e: isinstance(e, ExperimentStep))
-    time.sleep(0.3)  # into the sleep
+    driver.wait_for(lambda e: isinstance(e, LogLine) and e.text == "sleeping now")
     result = driver.engine.shutdown(timeout=0.5)
     assert result.status == TIMED_OUT and not result.ok
     assert "did not stop within" in result.reason and "about to sleep" in result.reason
@@ -97,7 +96,7 @@ def _headless(tmp_path: Path, model_dir: Path, experiment: Path, *extra: str) ->
                              *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _wait_for(proc: subprocess.Popen, wanted, what: str) -> None:
+def _wait_for(proc: subprocess.Popen, wanted) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -106,17 +105,13 @@ def _wait_for(proc: subprocess.Popen, wanted, what: str) -> None:
         if wanted(json.loads(line)):
             return
     proc.kill()
-    raise AssertionError(f"the experiment never reached {what}: {proc.stderr.read()[-2000:]}")
-
-
-def _wait_for_step(proc: subprocess.Popen, step: int) -> None:
-    _wait_for(proc, lambda event: event["event"] == "step" and event["step"] >= step, f"step {step}")
+    raise AssertionError(f"the experiment never got there: {proc.stderr.read()[-2000:]}")
 
 
 @pytest.mark.slow
 def test_headless_sigterm_with_a_failing_final_save_exits_5(tiny_model_dir, tmp_path):
     proc = _headless(tmp_path, tiny_model_dir, write_experiment(tmp_path, LOOP))
-    _wait_for_step(proc, 2)
+    _wait_for(proc, lambda e: e["event"] == "step" and e["step"] >= 2)
     resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (0, 0))  # no file may grow: as good as a full disk
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=120)
@@ -129,8 +124,7 @@ def test_headless_sigterm_with_a_failing_final_save_exits_5(tiny_model_dir, tmp_
 def test_headless_sigterm_with_a_stuck_experiment_exits_5(tiny_model_dir, tmp_path):
     experiment = write_experiment(tmp_path, STUCK.format(seconds=300))
     proc = _headless(tmp_path, tiny_model_dir, experiment, "--shutdown-timeout", "1")
-    _wait_for(proc, lambda event: event["event"] == "log" and event["text"] == "sleeping now", "its sleep")
-    time.sleep(0.5)  # into the sleep: the step's own upkeep is over
+    _wait_for(proc, lambda e: e["event"] == "log" and e["text"] == "sleeping now")
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_NO_FINAL_CHECKPOINT, err[-3000:]
@@ -147,7 +141,7 @@ def test_console_sigterm_with_a_stuck_experiment_exits_5_with_the_reason(tiny_mo
     experiment = write_experiment(tmp_path, STUCK.format(seconds=300))
     child = spawn("--model", str(tiny_model_dir), "--experiment", str(experiment), "--run-dir", str(tmp_path / "run"),
                   "--device", "cpu", "--shutdown-timeout", "1", size=(48, 160))
-    child.expect("about to sleep")
+    child.expect("sleeping now")
     os.kill(child.pid, signal.SIGTERM)
     child.expect(pexpect.EOF)
     child.close()
