@@ -165,18 +165,16 @@ class BlobFiles:
             "these values writes the file again."
         )
 
-    def delete_unreferenced(self, referenced: set[str]) -> int:
-        """Delete every blob whose hash is not in `referenced`; returns bytes freed."""
-        freed = 0
-        for sub in os.scandir(self.blob_dir):
-            if not sub.is_dir():
-                continue
-            for entry in os.scandir(sub.path):
-                digest = entry.name.removesuffix(".safetensors")
-                if digest in referenced:
+    def unreferenced(self, referenced: set[str]) -> list[tuple[Path, int]]:
+        """(path, bytes) of every file under the blob folder whose hash is not in `referenced`."""
+        out = []
+        with contextlib.suppress(FileNotFoundError):
+            for sub in os.scandir(self.blob_dir):
+                if not sub.is_dir():
                     continue
-                with contextlib.suppress(FileNotFoundError):
-                    size = entry.stat().st_size
-                    os.unlink(entry.path)
-                    freed += size
-        return freed
+                for entry in os.scandir(sub.path):
+                    if entry.name.removesuffix(".safetensors") in referenced:
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        out.append((Path(entry.path), entry.stat(follow_symlinks=False).st_size))
+        return out

@@ -5,13 +5,18 @@ Layout of a checkpoint directory::
     <dir>/blobs/ab/<blake3>.safetensors   one tensor per file, a standard safetensors file,
                                           named by the hash of its dtype, shape and raw bytes
     <dir>/manifests/<id>.json             one checkpoint: tensor names -> hashes, metadata
-    <dir>/tmp/                            files being written (crash leftovers removed on open)
-    <dir>/lock                            flock: saves hold it shared, deletion holds it exclusive
+    <dir>/tmp/                            files being written
+    <dir>/lock                            flock: saves hold it shared, deletion and gc hold it exclusive
 
 The manifest is the commit point: blobs are written (temp, fsync, rename) first and the
 manifest last, so a crash at any instant leaves a whole checkpoint or none. The registry is
 the manifest directory listing itself; no single file's damage can forget other checkpoints.
 Each manifest carries a checksum of its own body, so any damage to it is detected.
+
+A crash between the blob writes and the manifest leaves blobs no manifest references (and
+temp files). Opening a store collects them (`collect_garbage`) when it can take the lock
+exclusively: a save holds it shared from its first blob write to its commit, so whatever
+the exclusive holder finds unreferenced is no save's, in any process.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import errno
 import fcntl
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.fsutil import FILE_MODE, atomic_write, fsync_dir, secure_mkdir
@@ -33,6 +39,30 @@ _UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _FULL_MESSAGE = ("the disk is full while writing a checkpoint; nothing was committed. Free "
                  "space (delete old checkpoints with delete_checkpoint) and save again.")
+
+
+@dataclass
+class Garbage:
+    """What one garbage collection removed (or, in a dry run, would remove): (path, bytes) pairs."""
+
+    dry_run: bool
+    blobs: list[tuple[Path, int]] = field(default_factory=list)  # tensor files no manifest references
+    leftovers: list[tuple[Path, int]] = field(default_factory=list)  # temp files of crashed saves
+    skipped: str = ""  # why some or all of it was not collected
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(size for _path, size in (*self.blobs, *self.leftovers))
+
+
+def _listing(directory: Path) -> list[tuple[Path, int]]:
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file(follow_symlinks=False):
+                    out.append((Path(entry.path), entry.stat(follow_symlinks=False).st_size))
+    return out
 
 
 class CheckpointStore:
@@ -48,7 +78,7 @@ class CheckpointStore:
         self.blobs = BlobFiles(self.blob_dir, self.tmp_dir)
         self.ensure_dirs()
         self._manifest_cache: dict[str, tuple[tuple[int, int, int], Manifest]] = {}
-        self.clean_leftovers()
+        self.collect_garbage(wait=False)  # crash leftovers, when no save runs anywhere
 
     @property
     def watch_path(self) -> Path:
@@ -91,18 +121,6 @@ class CheckpointStore:
     def saving(self):
         """Held around a save: a deletion (in any process) waits, so it never removes a blob the save reuses."""
         return self.lock(exclusive=False)
-
-    def clean_leftovers(self) -> int:
-        """Remove temp files of crashed saves. Only when no save is running anywhere."""
-        removed = 0
-        with self.lock(exclusive=True, blocking=False) as got:
-            if not got:
-                return 0
-            for entry in os.scandir(self.tmp_dir):
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                    os.unlink(entry.path)
-                    removed += 1
-        return removed
 
     def unwritable(self, exc: OSError) -> CheckpointError:
         return CheckpointError(
@@ -192,7 +210,7 @@ class CheckpointStore:
         with self.lock(exclusive=True):
             if not self._unlink_manifest(checkpoint_id):
                 return False
-            self.collect_garbage()
+            self._collect(dry_run=False)
         return True
 
     def _unlink_manifest(self, checkpoint_id: str) -> bool:
@@ -208,12 +226,36 @@ class CheckpointStore:
         fsync_dir(self.manifest_dir)
         return True
 
-    def collect_garbage(self) -> int:
-        """Delete blobs no manifest references; returns bytes freed. Caller holds the exclusive lock.
+    def collect_garbage(self, dry_run: bool = False, wait: bool = True) -> Garbage:
+        """Remove blobs no manifest references and crash leftovers in tmp/ (the one gc entry point).
 
-        While any manifest is damaged nothing is deleted: which files it needs cannot be
-        known, and it may yet be repaired. Deleting the damaged checkpoint lifts this.
+        Takes the exclusive lock, so no save runs anywhere meanwhile: a blob a save in another
+        process has written but not yet committed is never taken for garbage. With
+        ``wait=False`` and a save running, nothing is done (``skipped`` says so). ``dry_run``
+        lists what would go and removes nothing. While any manifest is damaged no blob is
+        removed: which files it needs cannot be known, and it may yet be repaired.
         """
+        with self.lock(exclusive=True, blocking=wait) as got:
+            if not got:
+                return Garbage(dry_run=dry_run, skipped="a save is in progress; nothing was collected")
+            return self._collect(dry_run)
+
+    def _collect(self, dry_run: bool) -> Garbage:
+        """collect_garbage's work; the caller holds the exclusive lock."""
+        garbage = Garbage(dry_run=dry_run, leftovers=_listing(self.tmp_dir))
+        referenced = self.referenced_blobs()
+        if referenced is None:
+            garbage.skipped = "a manifest is damaged; no tensor file was removed (delete or repair it first)"
+        else:
+            garbage.blobs = self.blobs.unreferenced(referenced)
+        if not dry_run:
+            for path, _size in (*garbage.leftovers, *garbage.blobs):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(path)
+        return garbage
+
+    def referenced_blobs(self) -> set[str] | None:
+        """Hashes every manifest names; None when a manifest is damaged (its needs are unknown)."""
         referenced: set[str] = set()
         for cid in self.list_ids():
             try:
@@ -221,14 +263,13 @@ class CheckpointStore:
             except CheckpointNotFound:
                 continue
             except CheckpointCorrupted:
-                return 0
-        return self.blobs.delete_unreferenced(referenced)
+                return None
+        return referenced
 
     def discard_unreferenced(self) -> int:
         """After a failed save: delete tensor files no manifest names, unless a save runs anywhere."""
         try:
-            with self.lock(exclusive=True, blocking=False) as got:
-                return self.collect_garbage() if got else 0
+            return self.collect_garbage(wait=False).freed_bytes
         except (CheckpointError, OSError):
             return 0
 
