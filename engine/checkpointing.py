@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from engine.store import auto_checkpoint
-from engine.store.blobs import tensor_hash, tensor_hasher
+from engine.store.blobs import TensorDigests, tensor_checksum, tensor_digests
 from engine.store.comparison import compare_manifests, compare_to_model, fit
 from engine.store.errors import (
     CheckpointCorrupted,
@@ -79,6 +79,16 @@ class CheckpointManager:
     is the content-addressed CheckpointStore in `checkpoint_dir`. ``watch_path`` is the folder
     whose changes mean another process saved or deleted a checkpoint.
 
+    Integrity: a save reuses a tensor file already on disk only after proving it holds the
+    tensor's bytes (engine/store/blobs.py); a damaged one is rewritten from the live tensor
+    and listed in ``repairs`` (the last save's). A restore from disk verifies every file and
+    names a damaged one (checkpoint and tensor) in ``last_error``. A restore served from the
+    held host copy reads no disk, so that checkpoint's files are then unchecked
+    (``disk_unchecked``) until :meth:`check_and_repair` re-reads them.
+
+    ``readonly=True`` opens the directory for reading only: nothing is ever written there
+    (no lock file, no temp folder); saves and deletions raise CheckpointError.
+
     Thread use: save/restore/delete from one thread at a time per manager (the engine
     thread); list_checkpoints/get_checkpoint from any. Several managers, in this or other
     processes, may share one directory.
@@ -93,15 +103,19 @@ class CheckpointManager:
         pin_memory: bool | None = None,
         durable: bool = True,
         store: CheckpointStorage | None = None,
+        readonly: bool = False,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self.model = model
         self.memory_snapshot = memory_snapshot
         self.pin_memory = pin_memory
-        self.store: CheckpointStorage = store if store is not None else CheckpointStore(checkpoint_dir, durable=durable)
+        self.store: CheckpointStorage = (store if store is not None
+                                         else CheckpointStore(checkpoint_dir, durable=durable, readonly=readonly))
         self.checkpoint_dir: Path = self.store.root
         self.last_error: str | None = None
+        self.repairs: list[dict] = []  # damaged tensor files the last save rewrote: {checkpoint_id, tensor, hash, why}
+        self.disk_unchecked: set[str] = set()  # restored from host memory since their files were last checked
         self._snapshot: Snapshot | None = None
         self._verified: dict[str, bool] = {}
         self._damaged: dict[str, str] = {}
@@ -151,12 +165,13 @@ class CheckpointManager:
             ]
             with self.store.saving():
                 results = run_all(self._save_one, jobs)
-                written = [r[0] for r in results if r[1]]
+                written = [r[0] for r in results if r[2] is not None and r[2].state != "same"]
                 records = tuple(
-                    TensorRecord(g.name, digest, dt, g.shape, int(g.tensor.nbytes), tuple(g.names[1:]))
-                    for g, dt, (digest, _wrote, _buf) in zip(groups, dtypes, results)
+                    TensorRecord(g.name, digest, dt, g.shape, int(g.tensor.nbytes), tuple(g.names[1:]), checksum)
+                    for g, dt, (digest, checksum, _found, _buf) in zip(groups, dtypes, results)
                 )
-                body = manifest_body(now, meta, self.model, records, new_bytes=sum(r[1] for r in results))
+                new_bytes = sum(rec.nbytes for rec, r in zip(records, results) if r[2] is not None and r[2].state != "same")
+                body = manifest_body(now, meta, self.model, records, new_bytes=new_bytes)
                 for attempt in range(5):  # an id taken in the same second: draw another
                     body["id"] = checkpoint_id
                     if self.store.commit(body, written):
@@ -164,39 +179,45 @@ class CheckpointManager:
                     checkpoint_id = new_id(now)
                 else:
                     raise CheckpointError("could not find a free checkpoint id; save again")
+        self.repairs = [
+            {"checkpoint_id": checkpoint_id, "tensor": rec.name, "hash": rec.hash, "why": found.why}
+            for rec, (_d, _c, found, _b) in zip(records, results) if found is not None and found.state == "damaged"
+        ]
         manifest = self.store.read_manifest(checkpoint_id)
         if follow:
             held = {
-                rec.name: HeldTensor(rec.hash, rec.dtype, rec.shape, buf)
-                for rec, (_d, _w, buf) in zip(records, results)
+                rec.name: HeldTensor(rec.hash, rec.dtype, rec.shape, buf, rec.xxh3)
+                for rec, (_d, _c, _f, buf) in zip(records, results)
             }
             self._snapshot = Snapshot(checkpoint_id, manifest, held)
         return checkpoint_id
 
-    def _save_one(self, job) -> tuple[str, int, torch.Tensor | None]:
-        """Hash (or prove unchanged), then write if new. Returns (hash, bytes written, held buf)."""
+    def _save_one(self, job):
+        """Hash (or prove unchanged), then store unless proven stored.
+
+        Returns (hash, xxh3, what the store found or None if another name of this save
+        stored the same bytes, held buf)."""
         group, dt, host, copied, held, follow, claimed = job
         if held is not None and held.dtype == dt and held.shape == group.shape and same_bytes(
             host, held.buf
         ):
-            digest, source, keep = held.hash, host, held.buf
+            digest, checksum, source, keep = held.hash, held.xxh3, host, held.buf
+            if checksum is None:  # held from a manifest older than the checksum field
+                checksum = tensor_checksum(dt, group.shape, numpy_bytes(host))
         else:
             if follow and not copied:  # the snapshot needs its own copy of the live bytes
                 source = new_host_buffer(host.nbytes, host.is_pinned())
-                hasher = tensor_hasher(dt, group.shape)
-                copy_and_hash(source, host, hasher)
-                digest = hasher.hexdigest()
+                digests = TensorDigests(dt, group.shape)
+                copy_and_hash(source, host, digests)
+                digest, checksum = digests.hexdigests()
             else:
                 source = host
-                digest = tensor_hash(dt, group.shape, numpy_bytes(source))
+                digest, checksum = tensor_digests(dt, group.shape, numpy_bytes(source))
             keep = source if follow else None
-        wrote = 0
-        if claimed.first(digest) and not self.store.has_blob(
-            digest, dt, group.shape, host.nbytes
-        ):
-            self.store.write_blob(digest, dt, group.shape, numpy_bytes(source))
-            wrote = host.nbytes
-        return digest, wrote, keep
+        found = None
+        if claimed.first(digest):
+            found = self.store.put_blob(digest, dt, group.shape, numpy_bytes(source))
+        return digest, checksum, found, keep
 
     # ------------------------------------------------------------ listing
 
@@ -244,7 +265,7 @@ class CheckpointManager:
         try:
             manifest = self.store.read_manifest(check_id(checkpoint_id))
             unique = {r.hash: r for r in manifest.tensors}.values()
-            run_all(lambda r: self.store.read_blob(r, checkpoint_id=checkpoint_id), unique)
+            run_all(lambda r: self.store.read_blob(r, checkpoint_id=checkpoint_id, exact=True), unique)
         except Exception as exc:
             return self._fail(checkpoint_id, exc)
         self._verified[checkpoint_id] = True
@@ -279,8 +300,11 @@ class CheckpointManager:
                 src = as_tensor(sources[rec.hash], rec.dtype, rec.shape)
                 group.tensor.copy_(src, non_blocking=src.is_pinned())
             sync_devices(g.tensor for g, _ in plan)
-        if not in_memory:
+        if in_memory:
+            self.disk_unchecked.add(checkpoint_id)
+        else:
             self._verified[checkpoint_id] = True
+            self.disk_unchecked.discard(checkpoint_id)
             if self.memory_snapshot and not (snap and snap.pinned):
                 self._snapshot = Snapshot.of(manifest, sources, pinned=False)
 
@@ -299,6 +323,45 @@ class CheckpointManager:
         run_all(read, list(zip(todo, bufs)))
         sources.update((r.hash, b) for r, b in zip(todo, bufs))
         return sources
+
+    def check_and_repair(self, checkpoint_id: str) -> dict:
+        """Re-read every tensor file of a checkpoint; rewrite damaged ones from host memory.
+
+        Files whose bytes this manager holds (the memory snapshot, by hash) are compared with
+        them and rewritten when they differ or are missing; the others are verified by their
+        checksum and, when damaged, cannot be repaired here. Never touches the model. Returns
+        {checkpoint_id, checked (files), repaired: [{tensor, hash, why}], damaged: [{tensor,
+        hash, error}]}; raises CheckpointError if the manifest itself cannot be read.
+        """
+        manifest = self.store.read_manifest(check_id(checkpoint_id))
+        held = self._snapshot.by_hash if self._snapshot else {}
+        readonly = getattr(self.store, "readonly", False)
+
+        def check(rec: TensorRecord):
+            if rec.hash in held and not readonly:
+                found = self.store.put_blob(rec.hash, rec.dtype, rec.shape, numpy_bytes(held[rec.hash]), recheck=True)
+                return rec, {"same": None, "absent": "it was missing"}.get(found.state, found.why), None
+            try:
+                self.store.read_blob(rec, checkpoint_id=checkpoint_id)
+            except CheckpointCorrupted as exc:
+                return rec, None, str(exc)
+            return rec, None, None
+
+        unique = list({r.hash: r for r in manifest.tensors}.values())
+        if readonly:
+            results = run_all(check, unique)
+        else:
+            with self.store.saving():  # a collection elsewhere waits: the rewritten files are referenced
+                results = run_all(check, unique)
+        report = {
+            "checkpoint_id": checkpoint_id,
+            "checked": len(unique),
+            "repaired": [{"tensor": r.name, "hash": r.hash, "why": why} for r, why, _e in results if why],
+            "damaged": [{"tensor": r.name, "hash": r.hash, "error": err} for r, _w, err in results if err],
+        }
+        self.disk_unchecked.discard(checkpoint_id)
+        self._verified[checkpoint_id] = not report["damaged"]
+        return report
 
     def _fail(self, checkpoint_id, exc: Exception) -> bool:
         if isinstance(exc, CheckpointError):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.fsutil import FILE_MODE, atomic_write, fsync_dir, secure_mkdir
-from engine.store.blobs import BlobFiles
+from engine.store.blobs import BlobCheck, BlobFiles
 from engine.store.errors import CheckpointCorrupted, CheckpointError, CheckpointNotFound
 from engine.store.manifests import ID_RE, Manifest, TensorRecord, check_id, manifest_bytes, parse_manifest
 from engine.store.workers import io_pool
@@ -68,17 +68,21 @@ def _listing(directory: Path) -> list[tuple[Path, int]]:
 class CheckpointStore:
     """Files of one checkpoint directory (a CheckpointStorage). Knows nothing of torch: tensors arrive as bytes."""
 
-    def __init__(self, root: str | os.PathLike, durable: bool = True):
+    def __init__(self, root: str | os.PathLike, durable: bool = True, readonly: bool = False):
+        """`readonly`: only read; nothing is ever created, moved or removed under `root`
+        (no lock file, no tmp/, no garbage collection), and every change raises CheckpointError."""
         self.durable = durable  # fsync files and directories (survive power loss, not just crashes)
+        self.readonly = readonly
         self.root = Path(root).expanduser().absolute()
         self.blob_dir = self.root / "blobs"
         self.manifest_dir = self.root / "manifests"
         self.tmp_dir = self.root / "tmp"
         self.lock_path = self.root / "lock"
-        self.blobs = BlobFiles(self.blob_dir, self.tmp_dir)
-        self.ensure_dirs()
+        self.blobs = BlobFiles(self.blob_dir, self.tmp_dir, readonly=readonly)
         self._manifest_cache: dict[str, tuple[tuple[int, int, int], Manifest]] = {}
-        self.collect_garbage(wait=False)  # crash leftovers, when no save runs anywhere
+        if not readonly:
+            self.ensure_dirs()
+            self.collect_garbage(wait=False)  # crash leftovers, when no save runs anywhere
 
     @property
     def watch_path(self) -> Path:
@@ -87,6 +91,7 @@ class CheckpointStore:
 
     def ensure_dirs(self) -> None:
         """(Re)create the directory tree: someone may delete the run directory while we run."""
+        self._refuse_if_readonly()
         for d in (self.root, self.blob_dir, self.manifest_dir, self.tmp_dir):
             if not d.is_dir():
                 secure_mkdir(d)
@@ -120,7 +125,13 @@ class CheckpointStore:
 
     def saving(self):
         """Held around a save: a deletion (in any process) waits, so it never removes a blob the save reuses."""
+        self._refuse_if_readonly()
         return self.lock(exclusive=False)
+
+    def _refuse_if_readonly(self) -> None:
+        if self.readonly:
+            raise CheckpointError(f"the checkpoint directory {self.root} was opened read-only; nothing is "
+                                  "written there. Open it without readonly to save or delete checkpoints.")
 
     def unwritable(self, exc: OSError) -> CheckpointError:
         return CheckpointError(
@@ -142,16 +153,23 @@ class CheckpointStore:
 
     # -- blobs
 
-    def has_blob(self, digest: str, dtype: str, shape, nbytes: int) -> bool:
-        return self.blobs.present(digest, dtype, shape, nbytes)
+    def put_blob(self, digest: str, dtype: str, shape, data, *, recheck: bool = False) -> BlobCheck:
+        """Make blob `digest` hold exactly `data`; returns what was there before.
 
-    def write_blob(self, digest: str, dtype: str, shape, data) -> None:
-        with self._writing():
-            self.blobs.write(digest, dtype, shape, data, durable=self.durable)
+        "same": the file was proven to hold these bytes (BlobFiles.check) and was reused;
+        "absent": it was written; "damaged": it was rewritten from `data` (a repair; `why`
+        says what was wrong). `recheck` re-reads the file even if this process proved it.
+        """
+        self._refuse_if_readonly()
+        found = self.blobs.check(digest, dtype, shape, data, recheck=recheck)
+        if found.state != "same":
+            with self._writing():
+                self.blobs.write(digest, dtype, shape, data, durable=self.durable)
+        return found
 
-    def read_blob(self, rec: TensorRecord, *, checkpoint_id: str, into=None) -> None:
+    def read_blob(self, rec: TensorRecord, *, checkpoint_id: str, into=None, exact: bool = False) -> None:
         """Read and verify one tensor's file (into `into`, or only verify); see BlobFiles.read."""
-        self.blobs.read(rec, checkpoint_id=checkpoint_id, into=into)
+        self.blobs.read(rec, checkpoint_id=checkpoint_id, into=into, exact=exact)
 
     # -- manifests
 
@@ -170,6 +188,7 @@ class CheckpointStore:
 
         Returns False (nothing written) if a checkpoint of that id already exists.
         """
+        self._refuse_if_readonly()
         with self._writing():
             return atomic_write(self.manifest_path(body["id"]), manifest_bytes(body), fsync=self.durable,
                                 temp_dir=self.tmp_dir, overwrite=False)
@@ -207,6 +226,7 @@ class CheckpointStore:
 
     def delete(self, checkpoint_id: str) -> bool:
         """Delete a checkpoint and the blobs nothing else uses; False if it does not exist."""
+        self._refuse_if_readonly()
         with self.lock(exclusive=True):
             if not self._unlink_manifest(checkpoint_id):
                 return False
@@ -235,6 +255,8 @@ class CheckpointStore:
         lists what would go and removes nothing. While any manifest is damaged no blob is
         removed: which files it needs cannot be known, and it may yet be repaired.
         """
+        if not dry_run:
+            self._refuse_if_readonly()
         with self.lock(exclusive=True, blocking=wait) as got:
             if not got:
                 return Garbage(dry_run=dry_run, skipped="a save is in progress; nothing was collected")
@@ -268,6 +290,8 @@ class CheckpointStore:
 
     def discard_unreferenced(self) -> int:
         """After a failed save: delete tensor files no manifest names, unless a save runs anywhere."""
+        if self.readonly:
+            return 0
         try:
             return self.collect_garbage(wait=False).freed_bytes
         except (CheckpointError, OSError):
