@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from engine.store import auto_checkpoint
-from engine.store.blobs import TensorDigests, tensor_checksum, tensor_digests
 from engine.store.comparison import compare_manifests, compare_to_model, fit
 from engine.store.errors import (
     CheckpointCorrupted,
@@ -34,19 +33,11 @@ from engine.store.export import export_tensors, write_pretrained, write_safetens
 from engine.store.interface import CheckpointStorage
 from engine.store.manifests import Manifest, TensorRecord, check_id, manifest_body, new_id
 from engine.store.metadata import encode_metadata
+from engine.store.repair import check_and_repair
+from engine.store.saving import save_tensor
 from engine.store.snapshot import Claims, HeldTensor, Snapshot
 from engine.store.store import CheckpointStore
-from engine.store.tensors import (
-    as_tensor,
-    copy_and_hash,
-    host_bytes,
-    model_groups,
-    new_host_buffer,
-    numpy_bytes,
-    same_bytes,
-    sync_devices,
-    untracked,
-)
+from engine.store.tensors import as_tensor, host_bytes, model_groups, new_host_buffer, numpy_bytes, sync_devices, untracked
 from engine.store.workers import run_all
 
 
@@ -164,7 +155,7 @@ class CheckpointManager:
                 for g, dt, (host, copied) in zip(groups, dtypes, hosts)
             ]
             with self.store.saving():
-                results = run_all(self._save_one, jobs)
+                results = run_all(lambda job: save_tensor(self.store, job), jobs)
                 written = [r[0] for r in results if r[2] is not None and r[2].state != "same"]
                 records = tuple(
                     TensorRecord(g.name, digest, dt, g.shape, int(g.tensor.nbytes), tuple(g.names[1:]), checksum)
@@ -191,33 +182,6 @@ class CheckpointManager:
             }
             self._snapshot = Snapshot(checkpoint_id, manifest, held)
         return checkpoint_id
-
-    def _save_one(self, job):
-        """Hash (or prove unchanged), then store unless proven stored.
-
-        Returns (hash, xxh3, what the store found or None if another name of this save
-        stored the same bytes, held buf)."""
-        group, dt, host, copied, held, follow, claimed = job
-        if held is not None and held.dtype == dt and held.shape == group.shape and same_bytes(
-            host, held.buf
-        ):
-            digest, checksum, source, keep = held.hash, held.xxh3, host, held.buf
-            if checksum is None:  # held from a manifest older than the checksum field
-                checksum = tensor_checksum(dt, group.shape, numpy_bytes(host))
-        else:
-            if follow and not copied:  # the snapshot needs its own copy of the live bytes
-                source = new_host_buffer(host.nbytes, host.is_pinned())
-                digests = TensorDigests(dt, group.shape)
-                copy_and_hash(source, host, digests)
-                digest, checksum = digests.hexdigests()
-            else:
-                source = host
-                digest, checksum = tensor_digests(dt, group.shape, numpy_bytes(source))
-            keep = source if follow else None
-        found = None
-        if claimed.first(digest):
-            found = self.store.put_blob(digest, dt, group.shape, numpy_bytes(source))
-        return digest, checksum, found, keep
 
     # ------------------------------------------------------------ listing
 
@@ -327,38 +291,12 @@ class CheckpointManager:
     def check_and_repair(self, checkpoint_id: str) -> dict:
         """Re-read every tensor file of a checkpoint; rewrite damaged ones from host memory.
 
-        Files whose bytes this manager holds (the memory snapshot, by hash) are compared with
-        them and rewritten when they differ or are missing; the others are verified by their
-        checksum and, when damaged, cannot be repaired here. Never touches the model. Returns
-        {checkpoint_id, checked (files), repaired: [{tensor, hash, why}], damaged: [{tensor,
-        hash, error}]}; raises CheckpointError if the manifest itself cannot be read.
+        See engine/store/repair.py. Never touches the model. Returns {checkpoint_id, checked
+        (files), repaired: [{tensor, hash, why}], damaged: [{tensor, hash, error}]}; raises
+        CheckpointError if the manifest itself cannot be read.
         """
         manifest = self.store.read_manifest(check_id(checkpoint_id))
-        held = self._snapshot.by_hash if self._snapshot else {}
-        readonly = getattr(self.store, "readonly", False)
-
-        def check(rec: TensorRecord):
-            if rec.hash in held and not readonly:
-                found = self.store.put_blob(rec.hash, rec.dtype, rec.shape, numpy_bytes(held[rec.hash]), recheck=True)
-                return rec, {"same": None, "absent": "it was missing"}.get(found.state, found.why), None
-            try:
-                self.store.read_blob(rec, checkpoint_id=checkpoint_id)
-            except CheckpointCorrupted as exc:
-                return rec, None, str(exc)
-            return rec, None, None
-
-        unique = list({r.hash: r for r in manifest.tensors}.values())
-        if readonly:
-            results = run_all(check, unique)
-        else:
-            with self.store.saving():  # a collection elsewhere waits: the rewritten files are referenced
-                results = run_all(check, unique)
-        report = {
-            "checkpoint_id": checkpoint_id,
-            "checked": len(unique),
-            "repaired": [{"tensor": r.name, "hash": r.hash, "why": why} for r, why, _e in results if why],
-            "damaged": [{"tensor": r.name, "hash": r.hash, "error": err} for r, _w, err in results if err],
-        }
+        report = check_and_repair(self.store, manifest, self._snapshot.by_hash if self._snapshot else {})
         self.disk_unchecked.discard(checkpoint_id)
         self._verified[checkpoint_id] = not report["damaged"]
         return report
