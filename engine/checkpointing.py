@@ -37,7 +37,17 @@ from engine.store.repair import check_and_repair
 from engine.store.saving import save_tensor
 from engine.store.snapshot import Claims, HeldTensor, Snapshot
 from engine.store.store import CheckpointStore
-from engine.store.tensors import as_tensor, host_bytes, model_groups, new_host_buffer, numpy_bytes, sync_devices, untracked
+from engine.store.tensors import (
+    as_tensor,
+    copy_into,
+    host_bytes,
+    model_groups,
+    new_host_arena,
+    new_host_buffer,
+    numpy_bytes,
+    sync_devices,
+    untracked,
+)
 from engine.store.workers import run_all
 
 
@@ -258,27 +268,39 @@ class CheckpointManager:
         manifest = snap.manifest if in_memory else self.store.read_manifest(checkpoint_id)
         groups = model_groups(self.model)
         plan = fit(manifest, groups, type(self.model).__name__)
-        sources = self._load(manifest, {rec.hash: rec for _g, rec in plan}.values())
-        with torch.no_grad(), untracked():
+        keep = not in_memory and self.memory_snapshot and not (snap and snap.pinned)
+        sources = self._load(manifest, {rec.hash: rec for _g, rec in plan}.values(), transient=not keep)
+        on_host = [(g, rec) for g, rec in plan if g.tensor.device.type == "cpu"]
+        with untracked():
+            run_all(lambda job: copy_into(job[0].tensor, sources[job[1].hash], job[1].dtype, job[1].shape), on_host)
             for group, rec in plan:
-                src = as_tensor(sources[rec.hash], rec.dtype, rec.shape)
-                group.tensor.copy_(src, non_blocking=src.is_pinned())
+                if group.tensor.device.type != "cpu":
+                    copy_into(group.tensor, sources[rec.hash], rec.dtype, rec.shape)
             sync_devices(g.tensor for g, _ in plan)
         if in_memory:
             self.disk_unchecked.add(checkpoint_id)
         else:
             self._verified[checkpoint_id] = True
             self.disk_unchecked.discard(checkpoint_id)
-            if self.memory_snapshot and not (snap and snap.pinned):
+            if keep:
                 self._snapshot = Snapshot.of(manifest, sources, pinned=False)
 
-    def _load(self, manifest: Manifest, records) -> dict[str, torch.Tensor]:
-        """Verified host bytes for `records`: held ones from memory, the rest from disk."""
+    def _load(self, manifest: Manifest, records, transient: bool = False) -> dict[str, torch.Tensor]:
+        """Verified host bytes for `records`: held ones from memory, the rest from disk.
+
+        `transient` (the bytes are dropped after use): read into one arena instead of a
+        buffer per tensor, so huge pages back small tensors too (fresh memory costs a page
+        fault per page; see tensors.new_host_buffer). Bytes that will be held get their own
+        buffers, so a held tensor never keeps a dropped one's memory alive.
+        """
         held = self._snapshot.by_hash if self._snapshot else {}
         sources = {r.hash: held[r.hash] for r in records if r.hash in held}
         todo = [r for r in records if r.hash not in sources]
         pin = self._pin()
-        bufs = [new_host_buffer(r.nbytes, pin) for r in todo]
+        if transient:
+            bufs = new_host_arena([r.nbytes for r in todo], pin)
+        else:
+            bufs = [new_host_buffer(r.nbytes, pin) for r in todo]
 
         def read(job):
             rec, buf = job
@@ -394,7 +416,7 @@ class CheckpointManager:
 
     def _load_one(self, manifest: Manifest, rec: TensorRecord) -> torch.Tensor:
         """One verified tensor of `manifest`, viewed as its dtype and shape."""
-        return as_tensor(self._load(manifest, [rec])[rec.hash], rec.dtype, rec.shape)
+        return as_tensor(self._load(manifest, [rec], transient=True)[rec.hash], rec.dtype, rec.shape)
 
     # ------------------------------------------------------------ export
 
@@ -421,7 +443,8 @@ class CheckpointManager:
         return write_pretrained(out_dir, self.model, lambda: self._export_tensors(manifest))
 
     def _export_tensors(self, manifest: Manifest) -> dict[str, torch.Tensor]:
-        return export_tensors(manifest, self._load(manifest, {r.hash: r for r in manifest.tensors}.values()))
+        unique = {r.hash: r for r in manifest.tensors}.values()
+        return export_tensors(manifest, self._load(manifest, unique, transient=True))
 
 
 class AutoCheckpointer(auto_checkpoint.AutoCheckpointer):
