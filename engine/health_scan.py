@@ -1,4 +1,4 @@
-"""The fused health scan: every weight (and gradient) of a model in one pass, one host sync.
+"""The fused health scan: every weight (and gradient) of a model in one pass, one host read per device.
 
 The guide checks a model with a Python loop of `isnan(p).sum().item()`,
 `isinf(p).sum().item()` and `abs().max().item()` per parameter: three passes
@@ -10,6 +10,10 @@ so the same pass says which tensors are non-finite; only those are counted
 with `isnan`/`isinf`. Gradients get one `torch._foreach_norm` per
 (device, dtype) group, as torch's own `clip_grad_norm_` does. All per-tensor
 results of a device are concatenated and read back with a single `.tolist()`.
+When some tensors are non-finite, their counts are stacked on their device and
+read back with one more `.tolist()` per device that holds any: a clean model
+costs one device-to-host read per device, a damaged one two, however many of
+its tensors are damaged (tests/test_safety_monitor_scan.py counts the reads).
 
 Tied parameters (the same view of the same storage under several names) are
 scanned once and reported under every name.
@@ -79,7 +83,6 @@ class ScanResult:
     grads: list[GradStats] = field(default_factory=list)
     extras: list[list[float]] = field(default_factory=list)  # the `extra` tensors, flattened, in order
     seconds: float = 0.0
-    host_syncs: int = 0
 
     @property
     def nan_count(self) -> int:
@@ -117,10 +120,10 @@ def _scannable(t: torch.Tensor) -> bool:
 
 
 def _nonfinite_row(t: torch.Tensor) -> torch.Tensor:
-    """[NaN count, Inf count, largest finite |x|] of a tensor known to hold a non-finite value."""
-    finite = torch.isfinite(t)
-    largest = torch.where(finite, t.abs(), 0).amax().to(torch.float64)
-    return torch.stack([torch.isnan(t).sum().to(torch.float64), torch.isinf(t).sum().to(torch.float64), largest])
+    """[NaN count, Inf count, largest finite |x|] of a tensor known to hold a non-finite value, on its device."""
+    dtype = _result_dtype(t.device)
+    largest = torch.where(torch.isfinite(t), t.abs(), 0).amax().to(dtype)
+    return torch.stack([torch.isnan(t).sum().to(dtype), torch.isinf(t).sum().to(dtype), largest])
 
 
 def _norm_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -139,7 +142,7 @@ def scan_tensors(
     norms: bool = False,
     extra: Sequence[torch.Tensor] = (),
 ) -> ScanResult:
-    """Scan weights (and gradients) with one read each and one host sync per device.
+    """Scan weights (and gradients) with one read each and one host read per device (two if any is non-finite).
 
     `named`: (name, tensor) pairs; identical views are scanned once.
     `grads`: (name, gradient) pairs; each gets its L2 norm (non-finite ones are counted).
@@ -217,10 +220,8 @@ def _scan(unique, grads, norms, extra) -> ScanResult:
         extra_slots.append((t.device, put(t.device, t.detach()), t.numel()))
 
     host: dict[torch.device, list[float]] = {}
-    syncs = 0
     for device, parts in by_device.items():
-        host[device] = torch.cat(parts).tolist()  # the one sync for this device
-        syncs += 1
+        host[device] = torch.cat(parts).tolist()  # the one read-back for this device
 
     weight_rows = []
     suspects = []  # (kind, index, tensor) whose min/max/norm was not finite
@@ -247,11 +248,13 @@ def _scan(unique, grads, norms, extra) -> ScanResult:
 
     counts: dict[tuple[str, int], tuple[int, int]] = {}
     finite_max_of: dict[tuple[str, int], float] = {}
-    if suspects:
-        # Only non-finite tensors are counted; one more read-back, only on this (rare) path.
-        rows = torch.stack([_nonfinite_row(t).cpu() for _, _, t in suspects]).tolist()
-        syncs += 1
-        for (kind, idx, _), (nan, inf, finite_max) in zip(suspects, rows):
+    suspects_on: dict[torch.device, list[tuple[str, int, torch.Tensor]]] = defaultdict(list)
+    for suspect in suspects:
+        suspects_on[suspect[2].device].append(suspect)
+    for device, found in suspects_on.items():
+        # Only non-finite tensors are counted: stacked on their device, one more read-back (a rare path).
+        rows = torch.stack([_nonfinite_row(t) for _, _, t in found]).tolist()
+        for (kind, idx, _), (nan, inf, finite_max) in zip(found, rows):
             counts[(kind, idx)] = (int(nan), int(inf))
             finite_max_of[(kind, idx)] = finite_max
 
@@ -285,4 +288,4 @@ def _scan(unique, grads, norms, extra) -> ScanResult:
             GradStats(name=name, numel=g.numel(), norm=grad_norms[j], nan_count=nan, inf_count=inf)
         )
     extras = [host[device][at : at + n] for device, at, n in extra_slots]
-    return ScanResult(weights=weights, grads=grad_stats, extras=extras, host_syncs=syncs)
+    return ScanResult(weights=weights, grads=grad_stats, extras=extras)

@@ -11,6 +11,7 @@ import torch
 from engine import benchmarks
 from engine.benchmarks import load_baseline_metrics, save_baseline_metrics
 from engine.checkpointing import CheckpointManager
+from engine.model_manager import ModelManager
 from tests.conftest import make_tiny_qwen2
 from tests.fixtures_demo import demo_model, demo_model_dir  # noqa: F401  (fixtures)
 from tests.test_model_manager import put_in_hub_cache
@@ -106,7 +107,58 @@ def test_scenario_4_checkpoint_restore_fails(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "Available checkpoints: 2" in out and "reloading from disk" in out
     assert success is False
-    fresh = make_tiny_qwen2(seed=7).state_dict()
-    assert all(torch.equal(t, fresh[k]) for k, t in model.state_dict().items())
+    on_disk = make_tiny_qwen2(seed=7)
+    assert same_bytes(model, on_disk)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert checkpoint_id in {c["id"] for c in checkpointer.list_checkpoints()}
+
+    # What step 4 really saved: step 3 rebinds the name `model` only, so `checkpointer` still
+    # holds the old object, and the "new baseline" is its state (NaN embeddings, scaled MLP) ...
+    assert checkpointer.model is not model
+    assert torch.isnan(checkpointer.model.model.embed_tokens.weight).all()
+    assert checkpointer.compare_with_model(checkpoint_id)["num_differences"] == 0
+    # ... written over the damaged files it shares with the old checkpoints: it cannot be restored.
+    target = make_tiny_qwen2(seed=11)
+    untouched = make_tiny_qwen2(seed=11)
+    fresh = CheckpointManager(target, tmp_path / "checkpoints", memory_snapshot=False)
+    assert fresh.restore_checkpoint(checkpoint_id) is False
+    assert "damaged" in fresh.last_error and "The model was not changed" in fresh.last_error
+    assert same_bytes(target, untouched)
+
+
+def test_scenario_4_with_the_engines_reload_gives_a_restorable_baseline(tmp_path, monkeypatch):
+    """The engine's path (engine/emergency.py reload_from_disk): ModelManager.reload() copies the
+    weights into the object every holder shares, so the new baseline holds the weights on disk."""
+    hub_cache = tmp_path / "hf-hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    put_in_hub_cache(hub_cache, "Qwen/Qwen2.5-3B-Instruct", make_tiny_qwen2(seed=7))
+    manager = ModelManager("Qwen/Qwen2.5-3B-Instruct")
+    assert manager.load_model(), manager.error
+    checkpointer = CheckpointManager(manager.model, tmp_path / "checkpoints", memory_snapshot=False)
+    checkpointer.save_checkpoint(metadata={"state": "baseline"})
+    with torch.no_grad():
+        manager.model.model.layers[0].mlp.up_proj.weight.mul_(1.5)
+    checkpointer.save_checkpoint(metadata={"state": "manual"})
+    _corrupt_every_blob(checkpointer.checkpoint_dir)
+    with torch.no_grad():
+        manager.model.model.embed_tokens.weight.fill_(float("nan"))
+    alt_checkpoint = checkpointer.list_checkpoints()[-2]["id"]  # the guide's step 2
+    assert checkpointer.restore_checkpoint(alt_checkpoint) is False
+
+    assert manager.reload(), manager.error  # step 3, as the engine does it
+    assert checkpointer.model is manager.model
+    checkpoint_id = checkpointer.save_checkpoint(metadata={"purpose": "New baseline after recovery"})
+    assert checkpointer.verify_checkpoint(checkpoint_id), checkpointer.last_error  # as reload_from_disk checks
+
+    target = make_tiny_qwen2(seed=11)
+    fresh = CheckpointManager(target, tmp_path / "checkpoints", memory_snapshot=False)
+    assert fresh.restore_checkpoint(checkpoint_id), fresh.last_error
+    assert same_bytes(target, make_tiny_qwen2(seed=7))
+    assert target.lm_head.weight is target.model.embed_tokens.weight
+
+
+def same_bytes(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Every tensor of `a` holds exactly the bytes of `b`'s (NaN-safe: bytes, not values)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    raw = lambda t: t.detach().contiguous().reshape(-1).view(torch.uint8)  # noqa: E731
+    return sa.keys() == sb.keys() and all(torch.equal(raw(sa[k]), raw(sb[k])) for k in sa)

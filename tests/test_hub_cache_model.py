@@ -15,8 +15,8 @@ import sys
 import pexpect
 import pytest
 
-from engine.headless import EXIT_BAD_INPUT, EXIT_OK
-from engine.headless import main as headless_main
+from engine.runtime.headless import EXIT_BAD_INPUT, EXIT_OK
+from engine.runtime.headless import main as headless_main
 from tests.console.test_cli_pty import COMMAND, ROOT, spawn
 from tests.conftest import make_tiny_qwen2
 from tests.test_model_manager import put_in_hub_cache

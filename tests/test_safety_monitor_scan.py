@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from engine.health_scan import scan_model, scan_tensors, unique_named_tensors
+from engine.safety_monitor import SafetyMonitor
 from tests.conftest import make_tiny_gpt2, make_tiny_llama, make_tiny_qwen2
+from tests.host_transfers import HostTransfers
 
 
 def naive(model):
@@ -59,11 +61,48 @@ def test_scan_matches_naive_loop(make, dtype):
     assert scan.max_abs_weight == max(v[2] for v in expected.values())
 
 
-def test_one_host_sync_when_clean_and_one_more_only_when_not(tiny_qwen2):
-    assert scan_model(tiny_qwen2).host_syncs == 1
+def test_the_counter_sees_each_kind_of_read():
+    t = torch.tensor([1.5, 2.0])
+    with HostTransfers() as reads:
+        t.tolist(), t[0].item(), bool(t[0]), float(t[1]), int(t[1]), t.cpu(), t.numpy()
+        t.to("cpu"), t.to(device=torch.device("cpu")), t.to(torch.float64), t + 1
+    assert reads.calls == ["tolist", "item", "__bool__", "__float__", "__int__", "cpu", "numpy", "to(cpu)", "to(cpu)"]
+
+
+def test_one_host_read_when_clean_and_one_more_only_when_not(tiny_qwen2):
+    with HostTransfers() as reads:
+        scan_model(tiny_qwen2)
+    assert reads.calls == ["tolist"]
     with torch.no_grad():
         tiny_qwen2.model.norm.weight[0] = float("nan")
-    assert scan_model(tiny_qwen2).host_syncs == 2
+    with HostTransfers() as reads:
+        scan_model(tiny_qwen2)
+    assert reads.calls == ["tolist", "tolist"]
+
+
+def test_several_damaged_tensors_still_cost_one_more_read(tmp_path, tiny_llama):
+    """NaN in three tensors, |w| over the limit in two others: two reads, not one per damaged tensor."""
+    params = dict(tiny_llama.named_parameters())
+    nan_in = ["model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight", "model.norm.weight"]
+    too_big = ["model.layers.0.self_attn.v_proj.weight", "lm_head.weight"]
+    with torch.no_grad():
+        for name in nan_in:
+            params[name].view(-1)[3] = float("nan")
+        for name in too_big:
+            params[name].view(-1)[5] = 250.0
+    with HostTransfers() as reads:
+        scan = scan_model(tiny_llama)
+    assert reads.calls == ["tolist", "tolist"]
+    assert sorted(s.name for s in scan.weights if s.nan_count) == sorted(nan_in)
+    assert sorted(s.name for s in scan.weights if s.finite_max_abs == 250.0) == sorted(too_big)
+
+    monitor = SafetyMonitor(tmp_path)
+    monitor.set_threshold("max_weight_value", 100.0)
+    with HostTransfers() as reads:
+        health = monitor.check_model_health(tiny_llama)
+    assert reads.calls == ["tolist", "tolist"]
+    assert health["nan_count"] == 3
+    assert {i["layer"] for i in health["issues"] if i["check"] == "max_weight_value"} == set(too_big)
 
 
 def test_tied_and_identical_views_are_scanned_once(tiny_qwen2):
@@ -89,11 +128,12 @@ def test_norms_and_gradients(tiny_llama):
 
 
 def test_empty_integer_and_extra_tensors():
-    scan = scan_tensors(
-        [("empty", torch.empty(0)), ("ints", torch.arange(5)), ("w", torch.tensor([-3.0, 2.0]))],
-        extra=[torch.tensor([[1.0, 2.0], [3.0, 4.0]])],
-    )
+    with HostTransfers() as reads:
+        scan = scan_tensors(
+            [("empty", torch.empty(0)), ("ints", torch.arange(5)), ("w", torch.tensor([-3.0, 2.0]))],
+            extra=[torch.tensor([[1.0, 2.0], [3.0, 4.0]])],
+        )
+    assert reads.calls == ["tolist"]  # the extras ride along in the weights' read
     assert [s.max_abs for s in scan.weights] == [0.0, 0.0, 3.0]
     assert scan.extras == [[1.0, 2.0, 3.0, 4.0]]
-    assert scan.host_syncs == 1
     assert scan.grad_norm is None

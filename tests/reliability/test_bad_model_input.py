@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from engine.checkpointing import CheckpointManager
 from engine.runtime.headless import EXIT_BAD_INPUT
 from engine.runtime.headless import main as headless_main
 from engine.model_manager import ModelManager
+from tests.conftest import make_tiny_qwen2
 from tests.engine_harness import tiny_model_dir, write_experiment  # noqa: F401  (fixture)
 
 
@@ -105,9 +107,14 @@ BROKEN = {
 def test_broken_experiment_files_exit_2_with_the_reason(tiny_model_dir, tmp_path, ledger):  # noqa: F811
     for i, (what, text) in enumerate(BROKEN.items()):
         path = write_experiment(tmp_path, text, name=f"broken_{i}.py")
+        source = path.read_bytes()
         out = io.StringIO()
         code = headless_main(["--headless", "--model", str(tiny_model_dir), "--run-dir", str(tmp_path / f"run{i}"),
                               "--device", "cpu", "--experiment", str(path)], out=out)
         events = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
         named = any(e["event"] == "alert" and str(path) in e["message"] for e in events)
-        ledger.bad_input(f"experiment file: {what}", detected=code == EXIT_BAD_INPUT and named)
+        # lost: the operator's file changed, or a checkpoint the run left behind that does not verify
+        checkpoints = CheckpointManager(make_tiny_qwen2(), tmp_path / f"run{i}" / "checkpoints", memory_snapshot=False)
+        lost = int(path.read_bytes() != source)
+        lost += sum(not checkpoints.verify_checkpoint(c["id"]) for c in checkpoints.list_checkpoints())
+        ledger.bad_input(f"experiment file: {what}", detected=code == EXIT_BAD_INPUT and named, lost=lost)

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from engine.checkpointing import CheckpointError, CheckpointManager
+from engine.memory import MemorySystem
 from tests.conftest import make_tiny_qwen2
 from tests.reliability.helpers import changed, fingerprint, lost_checkpoints
 
@@ -144,10 +145,8 @@ def test_read_only_run_directory(tmp_path, ledger):
         make_read_only()
         reader = CheckpointManager(make_tiny_qwen2(seed=8), directory)  # opening must still work
         listed = [c["id"] for c in reader.list_checkpoints()] == list(saved)
-        ledger.fault("read-only run directory: open and list checkpoints", detected=listed)
-        lost = len(lost_checkpoints(lambda: reader, saved))
-        ledger.fault("read-only run directory: restore", detected=True, lost=lost)
-        before = fingerprint(model)
+        ledger.fault("read-only run directory: open, list and restore checkpoints", detected=listed,
+                     lost=len(lost_checkpoints(lambda: reader, saved)))
         with torch.no_grad():
             model.model.norm.weight.add_(1.0)
         before = fingerprint(model)
@@ -164,6 +163,11 @@ def test_read_only_run_directory(tmp_path, ledger):
             refused = "Read-only file system" in str(exc)
         ledger.fault("read-only run directory: delete", detected=refused,
                      lost=len(lost_checkpoints(lambda: reader, saved)))
+
+
+def observation_ids(directory: Path) -> set[int]:
+    with MemorySystem(directory) as memory:
+        return {o.id for o in memory.observations.query()}
 
 
 CHILD_NOBODY = """
@@ -199,16 +203,23 @@ def test_permission_denied_for_another_user(tmp_path, ledger):
     model = make_tiny_qwen2(seed=2)
     cm = CheckpointManager(model, run_dir / "checkpoints")
     saved = {cm.save_checkpoint({"owner": "root"}): fingerprint(model)}
+    with MemorySystem(run_dir / "memory") as memory:
+        memory.record_observation("the owner's note", category="note")
+    owned = observation_ids(run_dir / "memory")
     os.chmod(run_dir, 0o755)  # the child can reach the directories, not write into them
     try:
         out = subprocess.run([sys.executable, "-c", CHILD_NOBODY, str(run_dir), str(nobody)], cwd=ROOT,
                              capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout.strip().splitlines()[-1])
+        lost = {
+            "checkpoints": len(lost_checkpoints(lambda: CheckpointManager(make_tiny_qwen2(seed=3), run_dir / "checkpoints"),
+                                                saved)),
+            "memory": len(owned - observation_ids(run_dir / "memory")),
+        }
         for what, error in result.items():
-            ledger.fault(f"permission denied: {what}",
-                         detected=bool(error) and "ermission denied" in error and str(run_dir) in error)
-        lost = lost_checkpoints(lambda: CheckpointManager(model, run_dir / "checkpoints"), saved)
-        ledger.fault("permission denied: owner's checkpoints intact", detected=True, lost=len(lost))
+            ledger.fault(f"permission denied: {what} (the owner's records intact)",
+                         detected=bool(error) and "ermission denied" in error and str(run_dir) in error,
+                         lost=lost[what])
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)

@@ -140,12 +140,14 @@ async def test_hostile_checkpoint_metadata_is_shown_literally_and_stored_faithfu
                     "the saves")
         await pilot.pause(0.3)
         shown = screen_text(app)
-        stored = {c["metadata"].get("purpose") for c in
-                  CheckpointManager(engine.core.model, tmp_path / "run" / "checkpoints").list_checkpoints()}
+        on_disk = CheckpointManager(engine.core.model, tmp_path / "run" / "checkpoints", memory_snapshot=False)
+        stored = {c["id"]: c["metadata"].get("purpose") for c in on_disk.list_checkpoints()}
         expected_text = {"Rich markup": "[b]BOLD[/b] [red]RED", "ANSI escapes": "\u241b[2J\u241b[31mESC",
                          "RTL override (shown as its code point)": "<U+202E>RTL-OVERRIDE"}
         for what, purpose in HOSTILE_PURPOSES.items():
+            saved = [cid for cid, p in stored.items() if p == purpose]
+            lost = sum(not on_disk.verify_checkpoint(cid) for cid in saved) + (not saved)
             ledger.bad_input(f"checkpoint purpose with {what}: literal on screen, exact on disk",
-                             detected=expected_text[what] in shown and purpose in stored)
+                             detected=expected_text[what] in shown and bool(saved), lost=lost)
         await pilot.press("q")
         await until(pilot, lambda: not engine.is_alive(), "the shutdown")

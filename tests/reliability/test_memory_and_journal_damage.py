@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -61,17 +62,18 @@ def test_memory_database_damage_is_detected(memory_template, tmp_path, ledger, d
         shutil.copytree(source, directory)
         db = directory / DB_NAME
         (flip_random_bit if damage == "bit flip" else truncate_randomly)(db, rng)
+        got, error = None, ""
         try:
             with MemorySystem(directory) as memory:
-                same = everything(memory) == answers
+                got = everything(memory)
         except MemoryStoreError as exc:
-            ledger.fault(f"memory database: {damage}",
-                         detected=str(db) in str(exc) and ("damaged" in str(exc) or "not a readable" in str(exc)))
-            continue
-        if same:
+            error = str(exc)
+        if got == answers:
             harmless += 1  # the flip hit unused space: every query answers as before
             continue
-        ledger.fault(f"memory database: {damage}", detected=False, lost=1)
+        named = str(db) in error and ("damaged" in error or "not a readable" in error)
+        # A changed answer given without an error is data silently lost.
+        ledger.fault(f"memory database: {damage}", detected=named, lost=int(got is not None))
     assert harmless < n
 
 
@@ -118,13 +120,18 @@ def test_two_processes_writing_memory_at_once(tmp_path, ledger):
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), name, str(n)], cwd=ROOT)
              for name in ("alpha", "beta")]
     with MemorySystem(tmp_path) as memory:  # and this process writes too
-        for i in range(n):
-            memory.record_observation(f"gamma {i}", category="concurrent", metadata={"i": i}, tags=["gamma"])
-    for p in procs:
-        assert p.wait(timeout=180) == 0
+        ids = [memory.record_observation(f"gamma {i}", category="concurrent", metadata={"i": i}, tags=["gamma"])
+               for i in range(n)]
+    finished = {name: p.wait(timeout=180) == 0 for name, p in zip(("alpha", "beta"), procs)}
+    finished["gamma"] = len(set(ids)) == n  # every write of this process answered with its own row id
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    try:
+        sound = conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
     with MemorySystem(tmp_path) as memory:
         for name in ("alpha", "beta", "gamma"):
             rows = memory.observations.query(tags=[name])
             got = sorted(o.data["i"] for o in rows)
-            ledger.fault("three processes writing one memory database", detected=True,
+            ledger.fault("three processes writing one memory database", detected=finished[name] and sound,
                          lost=len(set(range(n)) - set(got)) + (len(got) - len(set(got))))

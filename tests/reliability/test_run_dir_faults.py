@@ -103,9 +103,13 @@ def test_damaged_memory_database_at_start_is_reported_and_the_engine_runs(engine
     db = next((run_dir / "memory").glob("*.sqlite3"))
     with sqlite3.connect(db) as conn:  # changed on disk behind the checksum's back
         conn.execute("UPDATE observations SET description = ?", ("tampered",))
+    evidence = db.read_bytes()
     driver = engines(tiny_model_dir, run_dir, None)
     driver.wait_until(lambda: driver.engine.state is EngineState.IDLE)
     told = [m for m in driver.alert_messages("HIGH") if "Memory system unavailable" in m]
     done = driver.command(Save(purpose="guarding without the memory database"))
+    fresh = CheckpointManager(driver.core.model, run_dir / "checkpoints", memory_snapshot=False)
+    lost = sum(not fresh.verify_checkpoint(c["id"]) for c in fresh.list_checkpoints())
+    lost += db.read_bytes() != evidence  # the damaged file is kept as it was, for the operator to inspect
     ledger.fault("memory database damaged before the engine starts (engine runs without it)",
-                 detected=bool(told) and done.ok and str(db) in told[0])
+                 detected=bool(told) and done.ok and str(db) in told[0], lost=lost)
