@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark in turn, each printing ours against the alternative.
 
-    python bench/run_all.py [--quick] [NAME ...]     # NAME: checkpoints, scan, stop, console
+    python bench/run_all.py [--quick] [NAME ...]     # NAME: checkpoints, scan, stop, console, policy, edits
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("checkpoints", "scan", "stop", "console")
+BENCHES = ("checkpoints", "scan", "stop", "console", "policy", "edits")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from textual.screen import Screen
 
 from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
 from console.console_state import Batch, ConsoleState
-from console.event_source import EventSource, describe, is_readonly
+from console.event_source import EventSource, attachment, describe, is_readonly
 from console.screens.compare_view import CompareView
 from console.screens.confirm import quit_question, restore_question
 from console.screens.help_screen import HelpScreen
@@ -41,6 +41,7 @@ MAX_EVENTS_PER_PUMP = 5000
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_NO_FINAL_CHECKPOINT = 5  # the engine's final checkpoint was due and not written (as in headless mode)
 
 
 class EngineAnswered(Message):
@@ -81,6 +82,7 @@ class RedlineApp(App[int], inherit_bindings=False):
         self.requested_theme = theme
         self.watch_terminal = watch_terminal
         self.exit_reason = ""
+        self.shutdown_result = None  # what the engine's shutdown did with the final checkpoint (None: a replay)
         self._pending: dict[int, tuple[float, Callable[[CommandDone], None] | None]] = {}
         self._shutting_down = False
         self.terminal_watch: TerminalWatch | None = None  # stopped by whoever ran the app, after run()
@@ -131,7 +133,7 @@ class RedlineApp(App[int], inherit_bindings=False):
             for sig in (signal.SIGHUP, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         if not self._shutting_down and self.source.is_alive():
-            self.source.shutdown()  # the app ended another way (an error): never leave the engine running
+            self.shutdown_result = self.source.shutdown()  # the app ended another way (an error): never leave the engine running
 
     # --- events in -------------------------------------------------------
 
@@ -168,9 +170,8 @@ class RedlineApp(App[int], inherit_bindings=False):
             self._answered(done)
 
     def _show_header(self) -> None:
-        self.main.header.show(
-            self.state, self.clock(), source_label=describe(self.source), readonly=self.readonly
-        )
+        self.main.header.show(self.state, self.clock(), source_label=describe(self.source), readonly=self.readonly,
+                              attachment=attachment(self.source))
 
     def _tick(self) -> None:
         """Once a second: the uptime clock."""
@@ -342,6 +343,9 @@ class RedlineApp(App[int], inherit_bindings=False):
         if self._shutting_down:
             self.notify("Already stopping the engine safely…")
             return
+        if getattr(self.source, "detaches", False):  # attached over the socket: quitting leaves the engine running
+            self.stop_and_exit(EXIT_OK, "detached")
+            return
         if self.state.experiment_active and not self.readonly:
 
             def answered(yes: bool | None) -> None:
@@ -382,14 +386,15 @@ class RedlineApp(App[int], inherit_bindings=False):
             return
         self._shutting_down = True
         self.exit_reason = reason
-        self.notify("Stopping the engine safely…", timeout=60)
+        detaching = getattr(self.source, "detaches", False)
+        self.notify("Detaching; the engine keeps running…" if detaching else "Stopping the engine safely…", timeout=60)
         self._shutdown_engine(return_code)
 
     @work(thread=True, exclusive=True, group="shutdown", exit_on_error=False)
     def _shutdown_engine(self, return_code: int) -> None:
         error: BaseException | None = None
         try:
-            self.source.shutdown()
+            self.shutdown_result = self.source.shutdown()
         except Exception as exc:
             error = exc
         try:
@@ -402,4 +407,7 @@ class RedlineApp(App[int], inherit_bindings=False):
         if error is not None:
             self.exit_reason += f"; engine shutdown failed: {error}"
             return_code = return_code or EXIT_ERROR
+        result = self.shutdown_result
+        if result is not None and not result.ok:
+            return_code = EXIT_NO_FINAL_CHECKPOINT
         self.exit(return_code, return_code=return_code)

@@ -1,4 +1,4 @@
-"""`redline`: the console's command line (also `redline run --headless` and `redline replay`)."""
+"""`redline`: the console's command line (also `run --headless|--detach`, `attach`, `ps`, `stop`, `replay`)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ exit codes (console and replay):
   2    bad command line (unknown option, missing file, unknown theme)
   129  the terminal went away (SSH drop, SIGHUP); the engine was stopped safely first
   143  terminated (SIGTERM); the engine was stopped safely first
+  5    the engine's final checkpoint was not written (the save failed, or the engine did not
+       stop within --shutdown-timeout); the last line says why. Takes precedence over 0/129/143
 
 exit codes (run --headless; details in `redline run --headless --help`):
   0 finished or stopped cleanly · 1 rolled back or the experiment raised; model recovered ·
-  2 model or experiment unusable · 3 unrecovered CRITICAL · 4 engine failure
+  2 model or experiment unusable · 3 unrecovered CRITICAL · 4 engine failure ·
+  5 final checkpoint not written
 """
 
 KEYS = """\
@@ -61,7 +64,11 @@ def console_parser() -> argparse.ArgumentParser:
         description="Redline: a safety console for changing a language model's weights while it runs. "
         "Starts the engine (which loads the model in its own thread) and the full-screen console. "
         "Other forms: `redline run --headless [...]` runs an experiment without the console, printing "
-        "events as JSON lines; `redline replay FILE.jsonl` opens the console read-only on such a log.",
+        "events as JSON lines; `redline run --detach [...]` starts the engine in the background, serving "
+        "<run_dir>/engine.sock; `redline attach [RUN_DIR|PID]` (or `--socket PATH`) opens the console on a "
+        "running engine; `redline ps [--json]` lists them; `redline stop [RUN_DIR|PID]` stops one safely; "
+        "`redline replay FILE.jsonl` opens the console read-only on a headless log; "
+        "`redline checkpoints ls|show|verify|diff|export|gc|rm` works on a run's checkpoints (see its --help).",
         epilog=KEYS.format(keymap=default_keymap_path()) + "\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -84,6 +91,12 @@ def console_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", metavar="DTYPE", help="model dtype: bfloat16, float16, float32 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--no-forensic", action="store_true",
                         help="on emergency stop, do not keep the rolled-back-from state as a forensic checkpoint")
+    parser.add_argument("--policy", default=None, metavar="FILE",
+                        help="a TOML policy file: thresholds, rule parameters and actions over the defaults "
+                             "(and over policy.toml in the run directory)")
+    parser.add_argument("--shutdown-timeout", type=float, default=120.0, metavar="S",
+                        help="seconds to wait, on quit, for the experiment to stop and the final checkpoint "
+                        "to be written before exiting with code 5 (default 120)")
     _add_display_options(parser)
     parser.add_argument("--version", action="version", version=f"redline {_version()}")
     return parser
@@ -105,12 +118,33 @@ def replay_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"] and "--detach" in argv[1:]:
+        from console.remote_cli import run_detached
+
+        return run_detached(argv[1:])
     if argv[:1] == ["run"]:
         from engine.runtime.headless import main as headless_main
 
         return headless_main(argv[1:])
+    if argv[:1] == ["edits"]:
+        from engine.edits.cli import main as edits_main
+
+        return edits_main(argv[1:])
+    if argv[:1] in (["attach"], ["ps"], ["stop"]):
+        from console import remote_cli
+
+        if argv[0] == "attach":
+            args = remote_cli.attach_parser(_add_display_options).parse_args(argv[1:])
+            if problem := _check_display_options(args):
+                return _fail(problem)
+            return remote_cli.attach(args, run_console)
+        return (remote_cli.ps if argv[0] == "ps" else remote_cli.stop)(argv[1:])
     if argv[:1] == ["replay"]:
         return _replay(replay_parser().parse_args(argv[1:]))
+    if argv[:1] == ["checkpoints"]:
+        from engine.checkpoints_cli.command_line import main as checkpoints_main
+
+        return checkpoints_main(argv[1:])
     return _console(console_parser().parse_args(argv))
 
 
@@ -133,6 +167,13 @@ def _console(args: argparse.Namespace) -> int:
         return _fail(f"experiment file {experiment!r} not found; give a .py file defining run(ctx), 'demo' or 'none'")
     if problem := _check_model_options(args):
         return _fail(problem)
+    if args.policy is not None:
+        from engine.policy_file import PolicyError, load_policy_file
+
+        try:
+            load_policy_file(args.policy)
+        except PolicyError as exc:
+            return _fail(f"--policy: {exc}")
     from engine.runtime import Engine, EngineConfig
 
     config = EngineConfig(
@@ -145,6 +186,8 @@ def _console(args: argparse.Namespace) -> int:
         forensic_checkpoints=not args.no_forensic,
         threads=engine_threads(),
         tokenizer=str(args.tokenizer) if args.tokenizer is not None else None,
+        policy_file=args.policy,
+        shutdown_timeout=args.shutdown_timeout,
     )
     return run_console(Engine(config), args)
 
@@ -184,7 +227,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 def run_console(source, args: argparse.Namespace) -> int:
     """Run the app on `source`; whatever happens, the engine is stopped before returning."""
-    from console.app import EXIT_ERROR, RedlineApp
+    from console.app import EXIT_ERROR, EXIT_NO_FINAL_CHECKPOINT, RedlineApp
     from console.bindings import BINDINGS
     from console.keymap import default_keymap_path, load_keymap
 
@@ -196,13 +239,19 @@ def run_console(source, args: argparse.Namespace) -> int:
         app.run()
         code = app.return_code if app.return_code is not None else EXIT_ERROR
     finally:
-        if source.is_alive():
-            source.shutdown()
+        if source.is_alive() and app.shutdown_result is None:
+            app.shutdown_result = source.shutdown()
         if app.terminal_watch is not None:
             app.terminal_watch.stop()
-    if app.exit_reason and code:
+    result = app.shutdown_result
+    if result is not None and not result.ok:
+        code = EXIT_NO_FINAL_CHECKPOINT
+    lines = [app.exit_reason] if app.exit_reason and code else []
+    if result is not None and not result.ok:
+        lines.append(result.describe())  # the last line: the model's last state was not saved
+    for line in lines:
         try:
-            print(f"redline: {app.exit_reason}", file=sys.stderr)
+            print(f"redline: {line}", file=sys.stderr)
         except OSError:
             pass
     return code

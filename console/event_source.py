@@ -13,7 +13,7 @@ class EventSource(Protocol):
     def submit(self, command: Command) -> int: ...
     def emergency_stop(self, reason: str = "operator") -> None: ...
     def drain_events(self, max_events: int | None = None) -> list[Event]: ...
-    def shutdown(self, timeout: float = 30.0) -> None: ...
+    def shutdown(self, timeout: float | None = None) -> object: ...  # the engine's ShutdownResult; None for a replay
     def is_alive(self) -> bool: ...
     @property
     def state(self) -> EngineState: ...
@@ -31,3 +31,12 @@ def describe(source: object) -> str:
         return str(label)
     config = getattr(source, "config", None)
     return f"model {getattr(config, 'model', '?')}"
+
+
+def attachment(source: object) -> str:
+    """"CONTROLLER · 2 consoles" for a console attached over the engine socket; "" for any other source."""
+    role = getattr(source, "role", None)
+    if not role:
+        return ""
+    count = getattr(source, "clients", 0) or 1
+    return f"{str(role).upper()} · {count} console{'s' if count != 1 else ''}"

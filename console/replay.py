@@ -18,7 +18,7 @@ from pathlib import Path
 from engine import events as ev
 from engine.commands import Command
 
-from console.event_codec import DecodeError, decode_event
+from engine.codec import DecodeError, decode_event
 
 
 class ReplayError(Exception):

@@ -87,6 +87,7 @@ class ActivationMonitor:
         self.states = [_ModuleState(name) for name, _ in modules]
         self._buffers: dict[torch.device, torch.Tensor] = {}
         self._handles = [m.register_forward_hook(self._hook_for(i)) for i, (_, m) in enumerate(modules)]
+        self.last_peaks: dict[str, float] = {}  # max|output| per module seen by the last resolve
 
     @property
     def module_names(self) -> list[str]:
@@ -146,6 +147,7 @@ class ActivationMonitor:
                 elif not math.isnan(lo[i]):
                     lo[i], hi[i] = min(lo[i], a), max(hi[i], b)
         issues = []
+        self.last_peaks = {}
         for i, state in enumerate(self.states):
             if state.calls_since_check == 0:
                 continue
@@ -159,6 +161,7 @@ class ActivationMonitor:
                 continue
             if peak == -math.inf:
                 continue
+            self.last_peaks[state.name] = peak
             baseline = state.baseline
             if baseline is not None and state.calls > warmup and peak > spike_factor * max(baseline, _BASELINE_FLOOR):
                 issues.append(

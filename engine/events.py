@@ -121,6 +121,8 @@ class Alert(Event):
     severity: str  # one of SEVERITIES
     message: str
     source: str = "engine"
+    rule: str = ""  # the engine.policy rule that fired ("" for the engine's own reports)
+    action: str = ""  # what the policy made the engine do: alert | pause | rollback | stop ("" for reports)
     time: float = field(default_factory=_now)
 
 

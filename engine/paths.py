@@ -70,3 +70,8 @@ def default_run_dir(model_name: str) -> Path:
     runs = data_dir() / "runs"
     secure_mkdir(runs)
     return runs / model_slug(model_name)
+
+
+def resolve_run_dir(run_dir: str | os.PathLike | None, model_name: str) -> Path:
+    """The run directory an engine uses: the one given, else the model's default."""
+    return Path(run_dir).expanduser() if run_dir else default_run_dir(model_name)

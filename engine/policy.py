@@ -215,3 +215,158 @@ def change_severity(relative: float, change: float = 0.0) -> str:
         if relative > limit:
             return severity
     return "LOW"
+
+
+# -- rules and actions -----------------------------------------------------------------------
+
+
+class Action(str, enum.Enum):
+    """What the engine does when a rule fires, mildest first."""
+
+    ALERT = "alert"  # record and show the alert, nothing else
+    PAUSE = "pause"  # hold the experiment at its next step() until the operator resumes
+    ROLLBACK = "rollback"  # stop the experiment and restore the newest good checkpoint
+    STOP = "stop"  # emergency stop: forensic checkpoint, roll back, experiment stays stopped
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def rank(self) -> int:
+        return list(Action).index(self)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One detection rule: what it watches, its own thresholds, and the action per severity."""
+
+    meaning: str
+    params: Mapping[str, Threshold]
+    actions: Mapping[str, Action]  # severity name -> action; a severity not listed only alerts
+    escalates: bool = False  # a HIGH of this rule that persists or grows becomes CRITICAL
+
+
+_ON_CRITICAL = {"CRITICAL": Action.ROLLBACK}
+
+#: every rule, its parameters (defaults measured, see bench/policy.py) and its default actions
+RULES: dict[str, Rule] = {
+    "nonfinite": Rule("NaN or Inf in weights, gradients, activations, the loss or a metric", {}, _ON_CRITICAL),
+    "max_weight_value": Rule("largest |weight| above the absolute threshold max_weight_value", {}, _ON_CRITICAL,
+                             escalates=True),
+    "gradient_clip": Rule("total gradient norm above the absolute threshold gradient_clip", {}, _ON_CRITICAL),
+    "baseline_departure": Rule(
+        "a tensor's max|w| or RMS against its own value at the baseline checkpoint",
+        {"high": Threshold(10.0, 1, None, False, "ratio to the tensor's baseline before HIGH"),
+         "critical": Threshold(100.0, 1, None, False, "ratio to the tensor's baseline before CRITICAL")},
+        _ON_CRITICAL, escalates=True),
+    "update_size": Rule(
+        "one step's change of a tensor, ||dW|| / ||W||",
+        {"high": Threshold(0.5, 0, None, False, "relative change in one step before HIGH"),
+         "critical": Threshold(2.0, 0, None, False, "relative change in one step before CRITICAL")},
+        _ON_CRITICAL, escalates=True),
+    "spike": Rule(
+        "gradient norm, loss, a reported metric or an activation maximum against its rolling median/MAD",
+        {"window": Threshold(32, 4, None, True, "values in the rolling window"),
+         "warmup": Threshold(8, 2, None, True, "values seen before spikes are judged"),
+         "z": Threshold(6.0, 0, None, False, "robust z-score (deviation / (1.4826 MAD)) a spike needs"),
+         "high_ratio": Threshold(3.0, 1, None, False, "value over the window median before HIGH"),
+         "critical_ratio": Threshold(10.0, 1, None, False, "value over the window median before CRITICAL")},
+        _ON_CRITICAL, escalates=True),
+    "dead_gradients": Rule(
+        "gradients that were non-zero, then exactly zero",
+        {"history": Threshold(3, 1, None, True, "non-zero observations before a zero one counts")},
+        _ON_CRITICAL),
+    "output_collapse": Rule(
+        "the loss back at ln(vocab), a uniform output, after the model had learned",
+        {"margin": Threshold(0.02, 0, 1, False, "loss within this fraction of ln(vocab) is collapse"),
+         "learned": Threshold(0.9, 0, 1, False, "the loss median must have been below this fraction of ln(vocab)")},
+        _ON_CRITICAL),
+    "escalation": Rule(
+        "a HIGH that persists or grows becomes CRITICAL",
+        {"persist_steps": Threshold(5, 1, None, True, "consecutive steps a HIGH may last"),
+         "growth": Threshold(10.0, 1, None, False, "growth of a HIGH's value over its first one")},
+        _ON_CRITICAL),
+    "activation_spike": Rule("max|activation| of a block over its moving baseline (activation_spike_factor)",
+                             {}, _ON_CRITICAL),
+    "perplexity": Rule("perplexity against the baseline (perplexity_* thresholds)", {}, _ON_CRITICAL),
+    "memory": Rule("device or host memory use (*_memory_fraction thresholds)", {}, {}),
+}
+
+#: the safety monitor's check names, by the rule they belong to
+_CHECK_RULES = {
+    "nan": "nonfinite", "inf": "nonfinite", "nan_more": "nonfinite", "inf_more": "nonfinite",
+    "grad_nan": "nonfinite", "grad_inf": "nonfinite", "grad_nonfinite": "nonfinite", "grad_nonfinite_more": "nonfinite",
+    "activation_nan": "nonfinite", "activation_inf": "nonfinite",
+    "max_weight_value_more": "max_weight_value",
+    "dead_gradient": "dead_gradients", "dead_gradient_more": "dead_gradients", "all_gradients_zero": "dead_gradients",
+    "device_memory": "memory", "host_memory": "memory",
+}
+
+
+def rule_for_check(check: str) -> str:
+    """The rule a safety-monitor check (or a detection issue's check) belongs to; unknown checks name themselves."""
+    return _CHECK_RULES.get(check, check)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The active table: thresholds, each rule's parameters and actions, and which rules are on.
+
+    Built from the defaults above and, optionally, policy files (engine.policy_file).
+    """
+
+    thresholds: Mapping[str, float]
+    params: Mapping[str, Mapping[str, float]]
+    actions: Mapping[str, Mapping[str, Action]]
+    enabled: Mapping[str, bool]
+    sources: tuple[str, ...] = ()  # the policy files applied, in order
+
+    @classmethod
+    def default(cls) -> "Policy":
+        return cls(
+            thresholds=default_thresholds(),
+            params={name: {p: spec.default for p, spec in rule.params.items()} for name, rule in RULES.items()},
+            actions={name: dict(rule.actions) for name, rule in RULES.items()},
+            enabled={name: True for name in RULES},
+        )
+
+    def param(self, rule: str, name: str) -> float:
+        return self.params[rule][name]
+
+    def action_for(self, rule: str, severity: "Severity | str") -> Action:
+        """The action a rule's issue of this severity takes; a disabled or unknown rule only alerts."""
+        if not self.enabled.get(rule, True):
+            return Action.ALERT
+        return self.actions.get(rule, {}).get(Severity.parse(severity).name, Action.ALERT)
+
+    def decide(self, issue: dict) -> dict:
+        """`issue` with its rule and action filled in (an issue of a disabled rule drops to INFO)."""
+        rule = issue.get("rule") or rule_for_check(str(issue.get("check", "")))
+        if not self.enabled.get(rule, True):
+            return {**issue, "rule": rule, "severity": "INFO", "action": Action.ALERT.value}
+        return {**issue, "rule": rule, "action": self.action_for(rule, issue["severity"]).value}
+
+    def describe(self) -> list[tuple[str, bool, str, str, str]]:
+        """(rule, enabled, parameters, actions, meaning) per rule, for the policy screen and --help."""
+        rows = []
+        for name, rule in RULES.items():
+            params = ", ".join(f"{p}={self.params[name][p]:g}" for p in rule.params)
+            actions = ", ".join(f"{s}->{a.value}" for s, a in sorted(
+                self.actions.get(name, {}).items(), key=lambda item: Severity.parse(item[0]), reverse=True))
+            rows.append((name, self.enabled.get(name, True), params, actions or "alert", rule.meaning))
+        return rows
+
+
+def strongest_action(issues: Iterable[Mapping]) -> Action:
+    """The strongest action among decided issues (ALERT when none)."""
+    return max((Action(i.get("action", "alert")) for i in issues), key=lambda a: a.rank, default=Action.ALERT)
+
+
+# -- the edit gate ---------------------------------------------------------------------------
+
+#: ||dW||/||W|| of one tensor an edit touches above which the edit gate rejects the edit.
+#: Measured on the demo model (bench/edits.py, "gate" rows): ROME-style rank-one edits that
+#: rewrite one key's MLP output by 0.5-4x its norm move the matrix by 0.07-0.52 and leave the
+#: held-out perplexity unchanged; edits that damage the model (perplexity +7% to x2.3: a
+#: rank-one rewrite by 16-64x, the matrix scaled by 3 or 10) move it by 2 and more.
+EDIT_RELATIVE_CHANGE_LIMIT = 1.0

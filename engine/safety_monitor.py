@@ -33,7 +33,7 @@ from engine.alert_journal import append_alert
 from engine.fsutil import secure_mkdir
 from engine.health_scan import ScanResult, scan_model, scan_tensors
 from engine import policy
-from engine.policy import Severity, default_thresholds, status_for, validate_threshold
+from engine.policy import Policy, Severity, default_thresholds, status_for, validate_threshold
 
 log = logging.getLogger("redline.safety")
 log.addHandler(logging.NullHandler())  # no stderr fallback: a full-screen console owns the terminal
@@ -115,6 +115,8 @@ class SafetyMonitor:
         self._in_emergency = False
         self._activations: ActivationMonitor | None = None
         self._process = psutil.Process()
+        self.policy = Policy.default()  # names each issue's rule and action
+        self.last_scan: ScanResult | None = None  # of the last check_model_health (with per-tensor norms)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -123,6 +125,13 @@ class SafetyMonitor:
         value = validate_threshold(name, value)
         with self._lock:
             self.thresholds[name] = value
+
+    def set_policy(self, policy: Policy) -> None:
+        """Use `policy` (engine.policy_file) for thresholds and for the rule and action of every issue."""
+        thresholds = {name: validate_threshold(name, value) for name, value in policy.thresholds.items()}
+        with self._lock:
+            self.policy = policy
+            self.thresholds.update(thresholds)
 
     def set_emergency_callback(self, fn: Callable | None) -> None:
         """`fn()` (or `fn(result)` if it takes an argument) runs when a check finds a CRITICAL issue."""
@@ -188,7 +197,8 @@ class SafetyMonitor:
         start = time.perf_counter()
         monitor = self._activations
         pending = monitor.take_pending() if monitor is not None else []
-        scan = scan_model(model, grads=True, extra=pending)
+        scan = scan_model(model, grads=True, norms=True, extra=pending)
+        self.last_scan = scan
         issues = self._weight_issues(scan) + self._grad_issues(scan)
         if monitor is not None:
             issues += monitor.resolve(
@@ -273,6 +283,11 @@ class SafetyMonitor:
         wanted = Severity.parse(level).name
         with self._lock:
             return [dict(a) for a in self._alerts if a["severity"] == wanted]
+
+    def report_issues(self, scope: object, issues: list[dict]) -> None:
+        """Alert issues found elsewhere (engine.detection), deduplicated per `scope` like a check's."""
+        self._after_check(scope, {"status": status_for(i["severity"] for i in issues), "issues": list(issues),
+                                  "message": _summary(issues)})
 
     def raise_alert(self, severity: Severity | str, message: str, source: str = "safety", **extra) -> dict:
         """Record one alert directly (journal + listeners), without deduplication."""
@@ -371,6 +386,10 @@ class SafetyMonitor:
         """Alert new issues (deduplicated per scope), then run the emergency callback on CRITICAL."""
         keys = []
         fresh = []
+        decided = [self.policy.decide(i) for i in result["issues"]]
+        if any(d["severity"] != i["severity"] for d, i in zip(decided, result["issues"])):  # a disabled rule
+            result["status"], result["message"] = status_for(d["severity"] for d in decided), _summary(decided)
+        result["issues"] = decided
         with self._lock:
             previous = self._active.get(scope, set())
             for issue in result["issues"]:

@@ -164,7 +164,11 @@ def test_degradation_rolls_back_and_rebenchmarks(engines, tiny_model_dir, tmp_pa
             ctx.step("degraded")
             ctx.log("unreachable")
     """)
-    driver = engines(tiny_model_dir, tmp_path / "run", evaluate_every=1)
+    # x50 on a whole tensor is also a huge edit (update_size, baseline_departure would roll back first);
+    # with those rules off, the perplexity procedure is what acts
+    policy = tmp_path / "perplexity_only.toml"
+    policy.write_text("[rules.update_size]\nenabled = false\n[rules.baseline_departure]\nenabled = false\n")
+    driver = engines(tiny_model_dir, tmp_path / "run", evaluate_every=1, policy_file=str(policy))
     baseline = _weights(driver)
     driver.command(RunExperiment(path=str(experiment)))
     assert driver.wait_outcome() == "rolled_back"

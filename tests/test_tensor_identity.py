@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.store.identity import ITEMSIZE, NAME_TO_DTYPE, SpanIndex, overlap_groups, tie_groups
+from engine.store.dtype_names import ITEMSIZE
+from engine.store.identity import NAME_TO_DTYPE, SpanIndex, overlap_groups, tie_groups
 
 
 def test_same_view_is_one_tensor_a_view_at_an_offset_only_shares_memory():

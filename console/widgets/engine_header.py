@@ -1,4 +1,4 @@
-"""The one-line header: engine state, model, device, experiment and step, uptime."""
+"""The one-line header: engine state, role when attached, model, device, experiment and step, uptime."""
 
 from __future__ import annotations
 
@@ -17,13 +17,16 @@ class EngineHeader(Static):
     EngineHeader { height: 1; width: 1fr; background: $panel; color: $foreground; }
     """
 
-    def show(self, state: ConsoleState, now: float, *, source_label: str, readonly: bool) -> None:
+    def show(self, state: ConsoleState, now: float, *, source_label: str, readonly: bool, attachment: str = "") -> None:
+        """`attachment`: this console's role and how many are attached, for a console attached over the socket."""
         app = self.app
         text = Text(no_wrap=True, overflow="ellipsis")
         engine_state = state.engine_state
         text.append(f" {engine_state.value.upper()} ", severity_style(app, STATE_SEVERITY.get(engine_state.value, "INFO"), badge=True))
         if readonly:
             text.append(" READ-ONLY ", "reverse bold")
+        if attachment:
+            text.append(f" {visible(attachment)} ", "reverse")
         if state.health is not None:
             text.append(" ")
             text.append(f" {state.health.status} ", severity_style(app, status_severity(state.health.status), badge=True))

@@ -5,7 +5,8 @@ projection, perturb an MLP, nudge the tied embedding — recorded as a coupled
 modification) and, now and then, harmful ones, so that within a minute a
 newcomer sees every alert level and an automatic rollback:
 
-- an exploding scale (x1e4) -> HIGH max|w|, undone on the next step;
+- an exploding scale (one q_proj row x12) -> HIGH update size, undone on the next step (a larger
+  one, x1e4, is a huge edit: CRITICAL and a rollback);
 - a zeroed MLP unit and a backward pass -> MEDIUM dead units (all-zero gradients);
 - a small perplexity drift (the final norm scaled so perplexity rises ~10%) -> LOW, undone
   after it was measured;
@@ -26,6 +27,7 @@ import torch
 
 CYCLE = 20  # a multiple of the engine's default evaluate_every (5) and auto_checkpoint_every (10)
 DRIFT_TARGET = (0.08, 0.15)  # relative perplexity rise of the drift: above LOW (5%), below HIGH (20%)
+EXPLODE_FACTOR = 12.0  # ||dW||/||W|| about 1 on a 128-row matrix: HIGH, below the update-size CRITICAL
 HARMFUL_AT = 13  # position in the cycle of the NaN / degrading change
 # Position in the cycle -> action. The step that follows position p is step p + 1 of the cycle, so the
 # drift (p=4) is measured at step 5 and undone before the automatic checkpoints at steps 10 and 20.
@@ -94,14 +96,14 @@ class _Demo:
         weight = layer.self_attn.q_proj.weight
         row = int(torch.randint(weight.shape[0], (1,), generator=self.rng))
         saved = weight[row].clone()
-        weight[row] *= 1e4
+        weight[row] *= EXPLODE_FACTOR
 
         def undo() -> str:
             weight[row] = saved
-            return f"undid the x1e4 scale of layer {index} q_proj row {row}"
+            return f"undid the x{EXPLODE_FACTOR:g} scale of layer {index} q_proj row {row}"
 
         self.undo["undo_explode"] = undo
-        return f"HARMFUL: scaled layer {index} q_proj row {row} by 1e4 (exploding weights)"
+        return f"HARMFUL: scaled layer {index} q_proj row {row} by {EXPLODE_FACTOR:g} (exploding weights)"
 
     def kill_unit(self) -> str:
         index, layer = self.pick_layer()

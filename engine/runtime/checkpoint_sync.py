@@ -82,6 +82,7 @@ class CheckpointSync:
         if ok:
             core.health.perplexity_status = "OK"
             core.health.last_perplexity = None
+            core.detection.after_restore(checkpoint_id)
         return ok
 
     def check_disk_copies(self) -> None:

@@ -23,15 +23,18 @@ from engine.commands import Shutdown
 from engine.events import Alert, CommandDone, EngineState, EngineStateChanged, Progress, RunOutcome
 from engine.fsutil import secure_mkdir
 from engine.policy import Severity
+from engine.policy_file import PolicyError
 from engine.runtime.checkpoint_sync import CheckpointSync
 from engine.runtime.coupling import Coupling
+from engine.runtime.detection_watch import DetectionWatch
 from engine.runtime.experiment_context import last_frame_in
 from engine.runtime.experiment_runner import ExperimentRunner
 from engine.runtime.handlers import CommandHandlers
 from engine.runtime.health import HealthWatch
 from engine.runtime.loop import ERROR, IDLE, CommandLoop
-from engine.runtime.outcomes import OUTCOME_MODEL_ERROR
+from engine.runtime.outcomes import OUTCOME_MODEL_ERROR, OUTCOME_POLICY_ERROR
 from engine.runtime.recovery import RecoveryActions
+from engine.runtime.shutdown_result import FAILED, SKIPPED, WRITTEN, ShutdownResult
 from engine.runtime.stop import EMERGENCY, EmergencyStopRequested, StopSupervisor
 from engine.store.metadata import CheckpointState, checkpoint_metadata
 
@@ -56,6 +59,7 @@ class EngineCore:
         self.checkpoints: Any = None
         self.safety: Any = None
         self.memory: Any = None
+        self.journal: Any = None  # the EditJournal, opened on first use (edit_journal)
         self.inspector: Any = None
         self.device: Any = None
         self.dtype: Any = None
@@ -70,6 +74,7 @@ class EngineCore:
         self.supervisor: StopSupervisor | None = None
         self.halted_at = 0.0  # perf_counter() when the last stopped experiment had unwound
         self.health = HealthWatch(self)
+        self.detection = DetectionWatch(self)
         self.sync = CheckpointSync(self)
         self.coupling = Coupling(self)
         self.runner = ExperimentRunner(self)
@@ -100,7 +105,8 @@ class EngineCore:
     def forward_alert(self, alert: dict) -> None:
         """SafetyMonitor listener: every alert it raises becomes an Alert event."""
         self.publish(Alert(severity=Severity.parse(alert.get("severity", "INFO")).name,
-                           message=str(alert.get("message", "")), source=str(alert.get("source") or "safety")))
+                           message=str(alert.get("message", "")), source=str(alert.get("source") or "safety"),
+                           rule=str(alert.get("rule") or ""), action=str(alert.get("action") or "")))
 
     def set_state(self, state: EngineState, detail: str = "") -> None:
         self.engine._set_state(state)
@@ -198,18 +204,35 @@ class EngineCore:
         self.set_state(EngineState.ERROR, message)
 
     def finish_for_shutdown(self, command: Shutdown) -> None:
-        """Shutdown while idle: save the final state (unless read-only or told not to)."""
+        """Shutdown while idle: save the final state (unless read-only or told not to); record what happened."""
         self.runner.pending = None
-        if command.checkpoint and not self.config.readonly and self.checkpoints is not None:
+        if not command.checkpoint:
+            self.engine.shutdown_result = ShutdownResult(SKIPPED, reason="the shutdown asked for none")
+        elif self.config.readonly or self.checkpoints is None:
+            self.engine.shutdown_result = ShutdownResult(SKIPPED, reason="the engine is read-only")
+        else:
             try:
                 self.final_checkpoint = self.save_checkpoint(
                     checkpoint_metadata(CheckpointState.SHUTDOWN, "Final checkpoint at shutdown",
                                         health=self.health.label()),
                     hold=False,
                 )
+                self.engine.shutdown_result = ShutdownResult(WRITTEN, checkpoint_id=self.final_checkpoint)
             except Exception as exc:
+                why = f"the save failed: {type(exc).__name__}: {exc}"
+                self.engine.shutdown_result = ShutdownResult(FAILED, reason=why)
                 self.alert("HIGH", f"Final checkpoint at shutdown failed: {type(exc).__name__}: {exc}")
         self.set_state(EngineState.STOPPING, "shutting down")
+
+    def unsaved_reason(self) -> ShutdownResult:
+        """The result of a shutdown that never reached finish_for_shutdown (the error state)."""
+        if self.shutdown_command is not None and not self.shutdown_command[1].checkpoint:
+            return ShutdownResult(SKIPPED, reason="the shutdown asked for none")
+        if self.model is None:
+            return ShutdownResult(SKIPPED, reason=f"no model was loaded ({self.engine.error or 'none'})")
+        if self.config.readonly:
+            return ShutdownResult(SKIPPED, reason="the engine is read-only")
+        return ShutdownResult(FAILED, reason=f"the engine had failed before the shutdown: {self.engine.error}")
 
     def teardown(self) -> None:
         for closer in (
@@ -217,15 +240,19 @@ class EngineCore:
             lambda: self.supervisor and self.supervisor.close(),
             lambda: self.safety and self.safety.detach_activation_monitor(),
             lambda: self.memory and self.memory.close(),
+            lambda: self.journal and self.journal.close(),
         ):
             try:
                 closer()
             except Exception as exc:
                 log.warning("engine teardown: %s", exc)
+        if self.engine.shutdown_result is None:
+            self.engine.shutdown_result = self.unsaved_reason()
         if self.shutdown_command is not None:
             command_id, command = self.shutdown_command
+            result = self.engine.shutdown_result
             self.publish(CommandDone(command_id=command_id, command=command.kind, ok=True,
-                                     message="engine shut down", result=self.final_checkpoint))
+                                     message=f"engine shut down; {result.describe()}", result=self.final_checkpoint))
         self.set_state(EngineState.STOPPED, "engine thread ended")
 
     # -- setup -----------------------------------------------------------------------
@@ -235,12 +262,12 @@ class EngineCore:
         from engine.checkpointing import CheckpointManager
         from engine.introspection import WeightInspector
         from engine.model_manager import ModelManager
-        from engine.paths import default_run_dir
+        from engine.paths import resolve_run_dir
         from engine.safety_monitor import SafetyMonitor
 
         config = self.config
         readonly = config.readonly
-        self.run_dir = Path(config.run_dir).expanduser() if config.run_dir else default_run_dir(config.model)
+        self.run_dir = resolve_run_dir(config.run_dir, config.model)
         self.set_state(EngineState.LOADING, f"loading {config.model}")
         try:
             self.manager = ModelManager(config.model, device=config.device, dtype=config.dtype,
@@ -260,8 +287,17 @@ class EngineCore:
         if not readonly:
             secure_mkdir(self.run_dir)
             self.run_dir_identity = os.stat(self.run_dir).st_ino
+        try:
+            self.detection.load_policy()
+        except PolicyError as exc:
+            self.engine.error = str(exc)
+            self.set_outcome(OUTCOME_POLICY_ERROR, detail=str(exc))
+            self.alert("CRITICAL", f"Policy not usable: {exc}")
+            self.set_state(EngineState.ERROR, "policy file unusable")
+            return False
         self.safety = SafetyMonitor(run_dir=None if readonly else self.run_dir)
         self.safety.add_alert_listener(self.forward_alert)
+        self.detection.attach()
         self.safety.attach_activation_monitor(self.model)
         self.inspector = WeightInspector(self.model, config.model)
         if not readonly:
@@ -292,6 +328,7 @@ class EngineCore:
             )
             measured = f"perplexity {perplexity:.3f}" if perplexity is not None else "perplexity off"
             self.alert("INFO", f"Baseline checkpoint {baseline_id} saved ({measured})")
+        self.detection.record_baseline("" if readonly else baseline_id)
         self.health.publish(health)
         self.sync.publish_list()
         self.coupling.publish()
@@ -313,6 +350,19 @@ class EngineCore:
             self.memory = None
             self.alert("HIGH", f"Memory system unavailable, running without it: {exc}")
 
+    def edit_journal(self) -> Any:
+        """The run's EditJournal (engine.edits) over the current model, opened on first use."""
+        if self.config.readonly or self.run_dir is None:
+            raise RuntimeError("the engine is read-only (--readonly): edits cannot be made or journaled")
+        if self.journal is not None and self.journal.model is not self.model:
+            self.journal.close()  # the model was reloaded: journal the new one
+            self.journal = None
+        if self.journal is None:
+            from engine.edits import EditJournal
+
+            self.journal = EditJournal(self.model, self.run_dir)
+        return self.journal
+
     def bind_model(self) -> None:
         """Take the model, tokenizer, device and dtype from the model manager."""
         self.model = self.manager.model
@@ -331,6 +381,7 @@ class EngineCore:
             return
         self.safety.detach_activation_monitor()
         self.safety.attach_activation_monitor(self.model)
+        self.detection.attach()
         self.inspector = WeightInspector(self.model, self.config.model)
         if self.memory is not None:
             self.memory.set_weight_inspector(self.inspector)

@@ -20,6 +20,7 @@ from typing import Any
 from engine.commands import Command, EmergencyStop, Shutdown
 from engine.events import CommandDone, EngineState, Event
 from engine.runtime.event_stream import EventStream
+from engine.runtime.shutdown_result import SKIPPED, TIMED_OUT, ShutdownResult
 from engine.runtime.stop import EMERGENCY, SHUTDOWN, StopSignal
 
 
@@ -39,6 +40,9 @@ class EngineConfig:
     experiment_options: dict[str, Any] = field(default_factory=dict)  # ctx.options (max_steps, batch_size, auto_restart...)
     threads: int | None = None  # torch intra-op threads (None: torch's default); a console leaves a core for the UI
     tokenizer: str | Path | None = None  # a tokenizer directory other than the model's (None: the model's own)
+    policy_file: str | Path | None = None  # a TOML policy over the defaults and the run dir's policy.toml
+    serve: bool = False  # serve <run_dir>/engine.sock so consoles can attach (engine.runtime.server); not when readonly
+    shutdown_timeout: float = 120.0  # seconds Engine.shutdown() waits for the experiment to stop and the final save
 
 
 class Engine:
@@ -53,12 +57,15 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._state = EngineState.STARTING
         self._shutdown_requested = False
+        self._shutdown_requested_at = 0.0
+        self.shutdown_result: ShutdownResult | None = None  # set by the engine thread as it ends
         self._lock = threading.Lock()
         self.started_at = 0.0
         self.outcome: str | None = None  # how the last experiment run ended (engine.runtime.outcomes); None while one runs
         self.error: str | None = None  # the engine's own failure or the model load error, if any
         self.error_experiment: str | None = None  # why the last experiment file could not be used
         self.core: Any = None  # the engine thread's internals, for tests and diagnostics; never touch from a client
+        self.server: Any = None  # the EngineServer while config.serve is on
 
     @property
     def state(self) -> EngineState:
@@ -68,18 +75,32 @@ class Engine:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        """Start the engine thread (it loads the model). Starting twice is an error."""
+        """Start the engine thread (it loads the model), and its socket server when `config.serve`.
+
+        Starting twice is an error, and so is serving a run directory another
+        engine already serves (engine.runtime.server.EngineServerError).
+        """
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("this Engine was already started; create a new Engine to start again")
             self.started_at = time.time()
+            if self.config.serve and not self.config.readonly:
+                from engine.paths import resolve_run_dir
+                from engine.runtime.server import EngineServer
+
+                self.server = EngineServer(self, resolve_run_dir(self.config.run_dir, self.config.model))
+                self.server.start()
             self._thread = threading.Thread(target=self._thread_main, name="redline-engine", daemon=True)
             self._thread.start()
 
     def _thread_main(self) -> None:
         from engine.runtime.core import EngineCore
 
-        EngineCore(self).run()
+        try:
+            EngineCore(self).run()
+        finally:
+            if self.server is not None:
+                self.server.stop()
 
     def submit(self, command: Command) -> int:
         """Queue a command; returns its id, answered later by CommandDone(command_id=id)."""
@@ -92,6 +113,8 @@ class Engine:
         if isinstance(command, EmergencyStop):
             self.emergency_stop(command.reason)
         if isinstance(command, Shutdown):
+            if not self._shutdown_requested:
+                self._shutdown_requested_at = time.monotonic()
             self._shutdown_requested = True
             self._stop.request("shutdown", SHUTDOWN)
         if not self.is_alive():
@@ -116,14 +139,31 @@ class Engine:
         """Block until an event is waiting (or `timeout`); True if one is."""
         return self._events.wait(timeout)
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop any experiment, checkpoint, end the thread and join it. Idempotent."""
+    def shutdown(self, timeout: float | None = None) -> ShutdownResult:
+        """Stop any experiment, save the final checkpoint, end the thread; say what became of the checkpoint.
+
+        Waits at most `timeout` seconds (default: config.shutdown_timeout) for the thread to
+        end. Returns WRITTEN (with the id), SKIPPED (none was due), FAILED (the save raised or
+        the engine had failed) or TIMED_OUT (the thread is still running: an experiment stuck
+        in a call that cannot be interrupted, or a save slower than the timeout). Idempotent.
+        """
         thread = self._thread
-        if thread is None or not thread.is_alive():
-            return
-        if not self._shutdown_requested:
-            self.submit(Shutdown())
-        thread.join(timeout)
+        if thread is None:
+            return ShutdownResult(SKIPPED, reason="the engine was never started")
+        if thread.is_alive():
+            if not self._shutdown_requested:
+                self.submit(Shutdown())
+            thread.join(self.config.shutdown_timeout if timeout is None else timeout)
+        if thread.is_alive():
+            waited = time.monotonic() - self._shutdown_requested_at
+            where = f"state {self._state.value}"
+            if self.core is not None and self.core.step_name:
+                where += f", experiment step {self.core.step} {self.core.step_name!r}"
+            return ShutdownResult(TIMED_OUT, reason=(
+                f"the engine did not stop within {waited:.0f} s of the shutdown request ({where}; "
+                "an experiment stuck in a call that cannot be interrupted, or a very slow save), so "
+                "the model's last state is not saved; the newest checkpoint on disk is the last one listed"))
+        return self.shutdown_result or ShutdownResult(SKIPPED, reason="the engine thread ended without a shutdown")
 
     # -- used by the engine thread -------------------------------------------------
     def _set_state(self, state: EngineState) -> None:

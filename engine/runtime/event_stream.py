@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import threading
-from typing import Hashable
+from typing import Callable, Hashable
 
 from engine.events import (
     Alert,
@@ -33,11 +34,13 @@ from engine.events import (
     Progress,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CAPACITY = 10_000
 _KEPT = (Alert, CommandDone, EngineStateChanged)
 
 
-def _coalesce_key(event: Event) -> Hashable | None:
+def coalesce_key(event: Event) -> Hashable | None:
     if isinstance(event, (HealthSnapshot, CheckpointList, CouplingView)):
         return type(event).kind
     if isinstance(event, Progress):
@@ -60,16 +63,37 @@ class EventStream:
         self._latest: dict[Hashable, tuple[int, Event]] = {}
         self._dropped = 0
         self.dropped_total = 0
+        self._taps: list[Callable[[Event], None]] = []
+
+    def add_tap(self, tap: Callable[[Event], None]) -> None:
+        """Also hand every published event to `tap`, in publish order (the socket server's fan-out).
+
+        `tap` runs in the publishing thread with this stream's lock held, so it
+        must only file the event (never block, never publish); it sees every
+        event whether or not the in-process client drains.
+        """
+        with self._lock:
+            self._taps.append(tap)
+
+    def remove_tap(self, tap: Callable[[Event], None]) -> None:
+        with self._lock:
+            if tap in self._taps:
+                self._taps.remove(tap)
 
     def publish(self, event: Event) -> None:
         """Add one event; never blocks on a client."""
         with self._lock:
             self._place(next(self._seq), event)
+            for tap in self._taps:
+                try:
+                    tap(event)
+                except Exception:  # a broken tap must not stop the engine publishing
+                    log.exception("event tap %r failed", tap)
             self._ready.notify_all()
 
     def _place(self, seq: int, event: Event) -> None:
         """File one event by its policy: coalesced, kept, or bounded (oldest dropped). Lock held."""
-        key = _coalesce_key(event)
+        key = coalesce_key(event)
         if key is not None:
             self._latest[key] = (seq, event)
         elif isinstance(event, _KEPT):

@@ -35,8 +35,10 @@ class ExperimentHost(Protocol):
     memory: Any
     inspector: Any
     device: Any
+    journal: Any
 
-    def experiment_step(self, ctx: "ExperimentContext", name: str) -> int: ...
+    def experiment_step(self, ctx: "ExperimentContext", name: str, loss: Any = None,
+                        metrics: dict | None = None) -> int: ...
     def experiment_wait(self, ctx: "ExperimentContext", seconds: float) -> None: ...
     def experiment_log(self, ctx: "ExperimentContext", text: str) -> None: ...
     def modification_recorded(self, layer_name: str) -> None: ...
@@ -102,6 +104,15 @@ class ExperimentContext:
         return self._host.device
 
     @property
+    def journal(self) -> Any:
+        """The run's EditJournal (engine.edits): each edit a transaction, revertible one by one."""
+        return self._host.journal
+
+    def edit(self, description: str, **options: Any) -> Any:
+        """`with ctx.edit("what", layer=3):` is `with ctx.journal.edit("what", layer=3):`."""
+        return self.journal.edit(description, **options)
+
+    @property
     def batch_size(self) -> int:
         """The batch the experiment asked for, capped after an out-of-memory recovery."""
         if self._batch_limit is None:
@@ -124,9 +135,13 @@ class ExperimentContext:
         """Send one line to the operator (a LogLine event)."""
         self._host.experiment_log(self, str(text))
 
-    def step(self, name: str = "") -> int:
-        """Mark a step boundary; returns the step number. May raise the stop exception."""
-        return self._host.experiment_step(self, str(name))
+    def step(self, name: str = "", loss: Any = None, **metrics: Any) -> int:
+        """Mark a step boundary; returns the step number. May raise the stop exception.
+
+        `loss` and `metrics` (numbers or one-element tensors) feed the rolling detection rules:
+        spikes, non-finite values and output collapse.
+        """
+        return self._host.experiment_step(self, str(name), loss, metrics)
 
     def wait(self, seconds: float) -> None:
         """Sleep up to `seconds` while the engine keeps answering commands and watching health."""

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from engine.events import EngineState, ExperimentStep, LogLine
+from engine.policy import Action, strongest_action
 from engine.runtime.emergency import degraded, experiment_failed, operator_stop, out_of_memory, unhealthy_weights
 from engine.runtime.loop import BETWEEN_STEPS, PAUSED, WAITING
 from engine.runtime.experiment_context import DEMO, ExperimentContext, ExperimentLoadError, load_experiment
@@ -28,7 +29,7 @@ from engine.runtime.outcomes import (
     OUTCOME_STOPPED,
     OUTCOME_UNRECOVERED,
 )
-from engine.runtime.stop import SHUTDOWN, EmergencyStopRequested, install_stop_hooks, remove_hooks
+from engine.runtime.stop import EMERGENCY, SHUTDOWN, EmergencyStopRequested, install_stop_hooks, remove_hooks
 from engine.store.metadata import CheckpointState, checkpoint_metadata
 
 RESTART_DELAY = 3.0  # seconds before an auto-restarting experiment starts again after a rollback
@@ -114,6 +115,10 @@ class ExperimentRunner:
     @property
     def device(self) -> Any:
         return self._core.device
+
+    @property
+    def journal(self) -> Any:
+        return self._core.edit_journal()
 
     # -- scheduling ------------------------------------------------------------------------------
     def queue(self, path: str | None, delay: float) -> str | None:
@@ -263,7 +268,8 @@ class ExperimentRunner:
     def modification_recorded(self, layer_name: str) -> None:
         self._core.coupling.modification_recorded(layer_name)
 
-    def experiment_step(self, ctx: ExperimentContext, name: str) -> int:
+    def experiment_step(self, ctx: ExperimentContext, name: str, loss: Any = None,
+                        metrics: dict | None = None) -> int:
         core = self._core
         core.signal.check()
         ctx.steps += 1
@@ -272,8 +278,8 @@ class ExperimentRunner:
         core.loop.serve(BETWEEN_STEPS)
         health = core.health.scan()
         core.health.publish(health)
-        if health["status"] == "CRITICAL":
-            raise ProcedureRequired("unhealthy", health)
+        action, issues = core.detection.judge_step(ctx.steps, health, loss, metrics)
+        self._act(action, issues, health)
         every = core.config.evaluate_every
         if every and ctx.steps % every == 0:
             self._evaluate()
@@ -295,15 +301,39 @@ class ExperimentRunner:
 
     def _publish_or_unwind(self, health: dict) -> None:
         self._core.health.publish(health)
-        if health["status"] == "CRITICAL":
-            raise ProcedureRequired("unhealthy", health)
+        issues = list(health.get("issues") or ())
+        self._act(strongest_action(issues), issues, health)
+
+    def _act(self, action: Action, issues: list[dict], health: dict) -> None:
+        """Carry out the policy's strongest action for this step's issues (alerts are already out)."""
+        if action is Action.ALERT:
+            return
+        fired = [i for i in issues if i.get("action") == action.value]
+        reason = "; ".join(f"{i['rule']}: {i['message']}" for i in fired[:2]) or action.value
+        if action is Action.PAUSE:
+            if not self.paused:
+                self._core.alert("HIGH", f"Policy action pause at step {self._core.step}: {reason}", source="policy")
+            self.paused = True
+            return
+        if action is Action.STOP:
+            self._core.signal.request(f"policy: {reason}", EMERGENCY)
+            self._core.signal.check()
+        detail = {**health, "issues": fired + [i for i in issues if i not in fired],
+                  "message": f"{fired[0]['rule']}: {fired[0]['message']}" if fired else health.get("message")}
+        raise ProcedureRequired("unhealthy", detail)
 
     def _evaluate(self) -> None:
         """Measure perplexity; unwind for the degradation procedure when it is CRITICAL."""
         watch = self._core.health
         perplexity = watch.evaluate()
-        if perplexity is not None and watch.perplexity_status == "CRITICAL":
+        if perplexity is None or watch.perplexity_status == "OK":
+            return
+        action = self._core.detection.policy.action_for("perplexity", watch.perplexity_status)
+        if action is Action.ROLLBACK:
             raise ProcedureRequired("degraded", {"perplexity": perplexity, "baseline": watch.baseline_perplexity})
+        issue = {"rule": "perplexity", "action": action.value, "severity": watch.perplexity_status,
+                 "message": f"perplexity {perplexity:.4g} vs baseline {watch.baseline_perplexity:.4g}"}
+        self._act(action, [issue], {"issues": [issue], "message": issue["message"]})
 
     def _pause_here(self) -> None:
         core = self._core

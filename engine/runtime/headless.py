@@ -1,6 +1,7 @@
 """`redline run --headless`: run an experiment without the console, events as JSON lines.
 
-Every engine event is printed to stdout as one JSON object per line (flushed),
+The engine serves `<run_dir>/engine.sock` meanwhile, so `redline attach` can
+watch a headless run. Every engine event is printed to stdout as one JSON object per line (flushed),
 so the run can be followed live, piped into tools, or replayed later with
 `redline replay FILE.jsonl`. The process exits when the experiment ends.
 
@@ -12,6 +13,8 @@ Exit codes:
   2  bad input: the model or the experiment file could not be used
   3  an unrecovered CRITICAL problem: a rollback failed or the model was left unhealthy
   4  the engine itself failed
+  5  the final checkpoint was due and not written (the save failed, or the engine did
+     not stop within --shutdown-timeout); the last line on stderr says why
 """
 
 from __future__ import annotations
@@ -20,16 +23,20 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from typing import TextIO
 
 from engine.commands import Shutdown
 from engine.events import EngineState
+from engine.policy_file import PolicyError, load_policy_file
 from engine.runtime.engine import Engine, EngineConfig
+from engine.runtime.shutdown_result import EXIT_NO_FINAL_CHECKPOINT
 from engine.runtime.outcomes import (
     OUTCOME_FAILED,
     OUTCOME_FINISHED,
     OUTCOME_LOAD_ERROR,
     OUTCOME_MODEL_ERROR,
+    OUTCOME_POLICY_ERROR,
     OUTCOME_ROLLED_BACK,
     OUTCOME_STOPPED,
     OUTCOME_UNRECOVERED,
@@ -48,15 +55,20 @@ _OUTCOME_EXIT = {
     OUTCOME_FAILED: EXIT_RECOVERED,
     OUTCOME_LOAD_ERROR: EXIT_BAD_INPUT,
     OUTCOME_MODEL_ERROR: EXIT_BAD_INPUT,
+    OUTCOME_POLICY_ERROR: EXIT_BAD_INPUT,
     OUTCOME_UNRECOVERED: EXIT_UNRECOVERED,
 }
+
+_BAD_INPUT = (OUTCOME_MODEL_ERROR, OUTCOME_POLICY_ERROR)  # the engine stopped before any experiment ran
 
 EPILOG = """exit codes:
   0  finished, or stopped cleanly by SIGINT/SIGTERM/SIGHUP (stop, final checkpoint, exit)
   1  stopped by an automatic rollback or an exception in the experiment; model recovered
-  2  bad input (model or experiment file unusable)
+  2  bad input (model, experiment or policy file unusable)
   3  unrecovered CRITICAL (rollback failed / model left unhealthy)
   4  engine failure
+  5  the final checkpoint was not written (save failed, or no stop within --shutdown-timeout);
+     the last line on stderr says why
 """
 
 
@@ -69,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--headless", action="store_true", help="accepted for `redline run --headless` (always headless)")
+    parser.add_argument("--detach", action="store_true",
+                        help="`redline run --detach`: start the engine as a background process that keeps serving "
+                             "<run_dir>/engine.sock after the experiment, until `redline stop`; prints its run "
+                             "directory and pid once the socket answers (attach with `redline attach`)")
     parser.add_argument("--experiment", default="demo", metavar="FILE|demo",
                         help="a .py file defining run(ctx), or 'demo' (default)")
     parser.add_argument("--model", default="demo", metavar="PATH|demo",
@@ -81,8 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer", default=None, metavar="PATH",
                         help="load the tokenizer from this directory instead of the model's (without any "
                              "tokenizer the model is still supervised, with perplexity off)")
+    parser.add_argument("--policy", default=None, metavar="FILE",
+                        help="a TOML policy file: thresholds, rule parameters and actions over the defaults "
+                             "(and over policy.toml in the run directory)")
     parser.add_argument("--no-forensic", action="store_true",
                         help="do not keep the state before a rollback as a forensic checkpoint")
+    parser.add_argument("--shutdown-timeout", type=float, default=EngineConfig.shutdown_timeout, metavar="S",
+                        help="seconds to wait for the experiment to stop and the final checkpoint to be "
+                             f"written before giving up with exit code 5 (default {EngineConfig.shutdown_timeout:g})")
     return parser
 
 
@@ -121,16 +143,12 @@ def _print(events: list, out: TextIO) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = out or sys.stdout
-    if args.max_steps is not None and args.max_steps < 1:
-        print(f"--max-steps must be at least 1, got {args.max_steps}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    """The engine configuration `redline run` options describe; the engine serves its socket."""
     options = {}
     if args.max_steps is not None:
         options["max_steps"] = args.max_steps
-    config = EngineConfig(
+    return EngineConfig(
         model=args.model,
         experiment=None if args.experiment in ("none", "") else args.experiment,
         run_dir=args.run_dir,
@@ -139,13 +157,36 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         forensic_checkpoints=not args.no_forensic,
         experiment_options=options,
         tokenizer=args.tokenizer,
+        policy_file=args.policy,
+        serve=True,
+        shutdown_timeout=args.shutdown_timeout,
     )
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = out or sys.stdout
+    if args.max_steps is not None and args.max_steps < 1:
+        print(f"--max-steps must be at least 1, got {args.max_steps}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.policy is not None:
+        try:
+            load_policy_file(args.policy)
+        except PolicyError as exc:
+            print(f"--policy: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    config = config_from_args(args)
+    engine = Engine(config)
+    try:
+        engine.start()
+    except OSError as exc:  # the socket cannot be served, e.g. another engine serves this run directory
+        print(f"redline: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     signals = _Signals()
     signals.install()
-    engine = Engine(config)
-    engine.start()
     code: int | None = None
     shutting_down = False
+    deadline = 0.0
     stdout_ok = True
     try:
         while engine.is_alive():
@@ -153,11 +194,13 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             if stdout_ok:
                 stdout_ok = _print(engine.drain_events(), out)
             if shutting_down:
+                if time.monotonic() >= deadline:
+                    break
                 continue
             if signals.received is not None or not stdout_ok:
                 code = EXIT_OK
             elif engine.state == EngineState.ERROR:
-                code = EXIT_BAD_INPUT if engine.outcome == OUTCOME_MODEL_ERROR else EXIT_ENGINE_FAILURE
+                code = EXIT_BAD_INPUT if engine.outcome in _BAD_INPUT else EXIT_ENGINE_FAILURE
             elif engine.state == EngineState.IDLE and not _restart_pending(engine):
                 if engine.outcome is not None:
                     code = _OUTCOME_EXIT.get(engine.outcome, EXIT_OK)
@@ -165,14 +208,27 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
                     code = EXIT_OK
             if code is not None:
                 shutting_down = True
+                deadline = time.monotonic() + max(0.0, args.shutdown_timeout)
                 engine.submit(Shutdown(checkpoint=code in (EXIT_OK, EXIT_RECOVERED)))
+        result = engine.shutdown(timeout=0)
         if stdout_ok:
             _print(engine.drain_events(), out)
     finally:
         signals.restore()
     if code is None:  # the thread ended on its own
-        code = EXIT_ENGINE_FAILURE if engine.error and engine.outcome != OUTCOME_MODEL_ERROR else EXIT_BAD_INPUT
+        code = EXIT_ENGINE_FAILURE if engine.error and engine.outcome not in _BAD_INPUT else EXIT_BAD_INPUT
+    if not result.ok:
+        if code in (EXIT_OK, EXIT_RECOVERED):
+            code = EXIT_NO_FINAL_CHECKPOINT
+        _last_line(f"redline: {result.describe()}")
     return code
+
+
+def _last_line(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _restart_pending(engine: Engine) -> bool:

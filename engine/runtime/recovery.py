@@ -124,6 +124,7 @@ class RecoveryActions:
         metrics = self._core.health.measure_baseline()
         if metrics is not None:
             save_baseline_metrics(metrics, self._core.run_dir / "baseline_metrics.json")
+        self._core.detection.record_baseline("", fresh=True)
         return self._core.health.last_perplexity
 
     def nonfinite_parameters(self) -> list[str]:

@@ -5,10 +5,9 @@
         for i in range(50):
             modify_layer(i)          # declares nothing; 5 checkpoints result
 
-Inside the ``with`` block a TorchDispatchMode watches every aten operator call on this
-thread. An operator whose schema marks an argument as written (``mul_``, ``copy_``,
-``fill_``, ``index_put_``, ``normal_``, ``out=`` ...) and whose written tensor overlaps the
-bytes of one of the model's parameters is a write to the model, whatever route it took:
+Inside the ``with`` block a WriteTracker (engine/store/write_tracker.py) watches every aten
+operator call on this thread; one that writes a tensor overlapping the bytes of one of the
+model's parameters is a write to the model, whatever route it took:
 ``p.data.mul_()``, ``torch.no_grad()``, ``copy_``, ``p[...] = x``, ``nn.init.*_``.
 
 What one modification is: one operator call that writes into one or more parameter
@@ -29,47 +28,13 @@ import os
 from collections.abc import Iterator
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.store.errors import CheckpointError
 from engine.store.identity import SpanIndex
 from engine.store.metadata import CheckpointState, checkpoint_metadata, encode_metadata
 from engine.store.pruning import beyond_newest
-from engine.store.tensors import tracking_suspended, untracked
-
-_write_args_cache: dict = {}
-
-
-def _written_args(func) -> tuple[tuple[int, str], ...]:
-    """(position, name) of every argument the operator writes, from its schema (cached)."""
-    found = _write_args_cache.get(func)
-    if found is None:
-        schema = getattr(func, "_schema", None)
-        found = tuple(
-            (i, a.name)
-            for i, a in enumerate(schema.arguments if schema is not None else ())
-            if a.alias_info is not None and a.alias_info.is_write
-        )
-        _write_args_cache[func] = found
-    return found
-
-
-class _WriteWatch(TorchDispatchMode):
-    def __init__(self, owner: AutoCheckpointer):
-        super().__init__()
-        self.owner = owner
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        written = _written_args(func)
-        hit = bool(written) and not tracking_suspended() and self.owner._writes_parameter(
-            written, args, kwargs
-        )
-        out = func(*args, **kwargs)
-        if hit:
-            self.owner._note_write()
-        return out
-
+from engine.store.tensors import untracked
+from engine.store.write_tracker import WriteTracker
 
 class AutoCheckpointer:
     """Context manager that checkpoints after every `frequency`-th detected modification.
@@ -114,7 +79,7 @@ class AutoCheckpointer:
         self._group_depth = 0
         self._group_wrote = False
         self._parameters = SpanIndex(())
-        self._mode: _WriteWatch | None = None
+        self._mode: WriteTracker | None = None
 
     def open_manager(self, model: torch.nn.Module, checkpoint_dir, memory_snapshot: bool):
         """The CheckpointManager to save with, when none was given."""
@@ -126,7 +91,7 @@ class AutoCheckpointer:
         if self._mode is not None:
             raise RuntimeError("this AutoCheckpointer is already active; it is not re-entrant")
         self._index_parameters()
-        self._mode = _WriteWatch(self)
+        self._mode = WriteTracker(self._parameters_touched, after=self._note_write)
         self._mode.__enter__()
         return self
 
@@ -153,15 +118,10 @@ class AutoCheckpointer:
         """Where every parameter's bytes lie (tied and overlapping ones included)."""
         self._parameters = SpanIndex(self.model.parameters())
 
-    def _writes_parameter(self, written, args, kwargs) -> bool:
-        for i, name in written:
-            value = args[i] if i < len(args) else kwargs.get(name)
-            for t in value if isinstance(value, (list, tuple)) else (value,):
-                if isinstance(t, torch.Tensor) and self._parameters.touches(t):
-                    return True
-        return False
+    def _parameters_touched(self, t: torch.Tensor) -> bool:
+        return self._parameters.touches(t)
 
-    def _note_write(self) -> None:
+    def _note_write(self, _hits=None) -> None:
         if self._group_depth:
             self._group_wrote = True
         else:

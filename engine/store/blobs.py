@@ -178,6 +178,16 @@ class BlobFiles:
             self._proven.pop(digest, None)
         return found
 
+    def present(self, digest: str, dtype: str, shape, nbytes: int) -> bool:
+        """Whether blob `digest` exists whole with bytes that hash to `digest`, for callers that
+        do not hold the bytes to compare (re-hashed each time; a damaged file is moved aside)."""
+        rec = TensorRecord("(blob)", digest, dtype, tuple(shape), nbytes)
+        try:
+            self.read(rec, checkpoint_id="(reuse check)", exact=True)
+        except CheckpointCorrupted:
+            return False
+        return True
+
     def _compare(self, digest: str, dtype: str, shape, data) -> tuple[BlobCheck, tuple]:
         view = memoryview(data).cast("B")
         header = blob_header(digest, dtype, shape, view.nbytes)

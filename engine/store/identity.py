@@ -11,7 +11,7 @@ sits at address 0, and a view at an offset has its own data_ptr inside another's
   view; the weight inspector reports it (`overlap_groups`) and the auto-checkpointer counts a
   write to it as a write to the model (`SpanIndex`).
 
-The dtype table maps safetensors' dtype names to torch dtypes and item sizes.
+The dtype table (engine/store/dtype_names.py) is mapped here to torch dtypes.
 """
 
 from __future__ import annotations
@@ -23,15 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-# safetensors dtype name -> (torch dtype name, bytes per element)
-_TABLE = {
-    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
-    "U16": ("uint16", 2), "U32": ("uint32", 4), "U64": ("uint64", 8), "BOOL": ("bool", 1),
-    "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1), "C64": ("complex64", 8),
-}  # fmt: skip
-ITEMSIZE = {name: size for name, (_torch_name, size) in _TABLE.items()}
-NAME_TO_DTYPE = {name: getattr(torch, t) for name, (t, _size) in _TABLE.items() if hasattr(torch, t)}
+from engine.store.dtype_names import DTYPES
+
+NAME_TO_DTYPE = {name: getattr(torch, t) for name, (t, _size) in DTYPES.items() if hasattr(torch, t)}
 DTYPE_TO_NAME = {dtype: name for name, dtype in NAME_TO_DTYPE.items()}
 
 

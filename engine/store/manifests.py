@@ -20,7 +20,7 @@ from pathlib import Path
 import blake3
 
 from engine.store.errors import CheckpointCorrupted, InvalidCheckpointId
-from engine.store.identity import ITEMSIZE
+from engine.store.dtype_names import ITEMSIZE
 
 FORMAT = "redline.checkpoint"
 VERSION = 1
@@ -76,6 +76,7 @@ class Manifest:
     tensors: tuple[TensorRecord, ...]
     size_bytes: int
     new_bytes: int
+    model_config: dict | None = None  # the Hugging Face config (to_dict) of the model saved, if it has one
 
     def by_name(self) -> dict[str, TensorRecord]:
         """Every name (aliases included) -> its record."""
@@ -128,7 +129,19 @@ def manifest_body(now, metadata: dict, model, records: tuple[TensorRecord, ...],
         "num_tensors": len(records),
         "size_bytes": sum(r.nbytes for r in records),
         "new_bytes": new_bytes,
+        **({"model_config": config} if (config := model_config(model)) is not None else {}),
     }
+
+
+def model_config(model) -> dict | None:
+    """The model's Hugging Face config as JSON data, so an export needs no live model; None without one."""
+    to_json = getattr(getattr(model, "config", None), "to_json_string", None)
+    if to_json is None:
+        return None
+    try:
+        return json.loads(to_json(use_diff=False))
+    except (TypeError, ValueError):
+        return None
 
 
 def canonical_json(value) -> bytes:
@@ -192,6 +205,7 @@ def parse_manifest(checkpoint_id: str, raw: bytes, path: Path) -> Manifest:
             tensors=tensors,
             size_bytes=int(body["size_bytes"]),
             new_bytes=int(body["new_bytes"]),
+            model_config=body["model_config"] if isinstance(body.get("model_config"), dict) else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise damaged(f"a field is missing or malformed ({exc})") from None

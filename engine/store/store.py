@@ -167,6 +167,16 @@ class CheckpointStore:
                 self.blobs.write(digest, dtype, shape, data, durable=self.durable)
         return found
 
+    def has_blob(self, digest: str, dtype: str, shape, nbytes: int) -> bool:
+        """Whether blob `digest` is stored and proven whole by re-hashing it (BlobFiles.present);
+        for callers without the bytes in memory (put_blob compares instead)."""
+        return self.blobs.present(digest, dtype, shape, nbytes)
+
+    def write_blob(self, digest: str, dtype: str, shape, data) -> None:
+        self._refuse_if_readonly()
+        with self._writing():
+            self.blobs.write(digest, dtype, shape, data, durable=self.durable)
+
     def read_blob(self, rec: TensorRecord, *, checkpoint_id: str, into=None, exact: bool = False) -> None:
         """Read and verify one tensor's file (into `into`, or only verify); see BlobFiles.read."""
         self.blobs.read(rec, checkpoint_id=checkpoint_id, into=into, exact=exact)

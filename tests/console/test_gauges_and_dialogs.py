@@ -8,7 +8,7 @@ from textual.app import App
 from textual.widgets import Label
 
 from console.app import RedlineApp
-from console.event_codec import decode_event
+from engine.codec import decode_event
 from console.replay import ReplaySource
 from console.screens.compare_view import CompareView
 from console.screens.confirm import ConfirmScreen

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from console.event_codec import EVENT_TYPES, decode_event
+from engine.codec import EVENT_TYPES, decode_event
 from console.replay import ReplayError, ReplaySource, read_recording
 from console.text import literal, visible
 from engine import commands as cmd

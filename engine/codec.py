@@ -1,11 +1,13 @@
-"""Turn JSON event records (as `Event.to_dict` writes them) back into engine.events dataclasses.
+"""JSON records <-> engine.events and engine.commands dataclasses, for recordings and the socket.
 
-Headless runs write one event per line; reading them back gives the same
-objects the live engine hands the console, so a recording can be replayed.
-Decoding follows the dataclass type hints, so a new event or field in
-engine/events.py needs no change here. Records written before the engine
-attached severities to gauges and tensor changes are upgraded on the way in
-(see `upgrade`).
+Headless runs write one event per line and the engine's socket carries events
+one way and commands the other; decoding gives back the same objects the live
+engine uses, so a recording can be replayed and a remote console runs the
+same code as a local one. Decoding follows the dataclass type hints (a new
+event, command or field needs no change here) and checks every value's type,
+so a hostile record is a `DecodeError`, never a half-built object. Records
+written before the engine attached severities to gauges and tensor changes are
+upgraded on the way in (see `upgrade`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import types
 import typing
 from typing import Any
 
+from engine import commands as cmd
 from engine import events as ev
 from engine.gauges import health_gauges
 from engine.policy import change_severity
@@ -25,6 +28,14 @@ EVENT_TYPES: dict[str, type[ev.Event]] = {
     cls.kind: cls
     for cls in vars(ev).values()
     if isinstance(cls, type) and issubclass(cls, ev.Event) and cls is not ev.Event
+}
+
+
+#: every concrete command class by its JSON "command" name
+COMMAND_TYPES: dict[str, type[cmd.Command]] = {
+    cls.kind: cls
+    for cls in vars(cmd).values()
+    if isinstance(cls, type) and issubclass(cls, cmd.Command) and cls is not cmd.Command
 }
 
 
@@ -40,6 +51,27 @@ def decode_event(record: dict[str, Any]) -> ev.Event | None:
     if cls is None:
         return None
     return upgrade(_build(cls, record), record)
+
+
+def encode_command(command: cmd.Command) -> dict[str, Any]:
+    """A command as a JSON-safe record: {"command": kind, field: value, ...}."""
+    record: dict[str, Any] = {"command": command.kind}
+    for f in dataclasses.fields(command):
+        record[f.name] = getattr(command, f.name)
+    return record
+
+
+def decode_command(record: Any) -> cmd.Command:
+    """The command a record describes; a DecodeError for anything else, an unknown kind included."""
+    if not isinstance(record, dict) or not isinstance(record.get("command"), str):
+        raise DecodeError("not a command record: a JSON object with a 'command' key is expected")
+    cls = COMMAND_TYPES.get(record["command"])
+    if cls is None:
+        raise DecodeError(f"unknown command {record['command'][:40]!r}; known: {', '.join(sorted(COMMAND_TYPES))}")
+    unknown = set(record) - {"command"} - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise DecodeError(f"{cls.__name__}: unknown field(s) {', '.join(sorted(unknown))[:80]}")
+    return _build(cls, record)
 
 
 def upgrade(event: ev.Event, record: dict[str, Any]) -> ev.Event:
@@ -108,6 +140,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise DecodeError(f"{where}: unknown value {value!r}") from None
     if dataclasses.is_dataclass(hint):
         return _build(hint, value)
-    if hint is float and isinstance(value, int):
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint in (str, int, bool, float) and not (isinstance(value, hint) and (hint is bool or not isinstance(value, bool))):
+        raise DecodeError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
     return value

@@ -1,0 +1,214 @@
+"""Edit transactions against plain copies, and the gate's threshold, measured in one run.
+
+Model: the 24-layer benchmark Qwen2 of bench/checkpoints.py (`--quick`: 4 layers). Rows:
+
+- transaction: `with journal.edit(...)` around a rank-one edit of one MLP matrix
+  (down_proj, 768x2048 fp32) and the same edit without a journal, both measured; their
+  difference is the transaction (begin + copy-on-write + gate + hashes + journal row; the
+  pre-edit blob is written by a writer thread), compared with one `clone()` of the touched bytes
+- rollback: putting a rejected edit's matrix back, vs `copy_` of the same bytes between
+  preallocated tensors; and the whole rejected edit (gate included) for reference
+- listing: `journal.list()` of a 10,000-edit journal
+- gate: on the trained demo model, ||dW||/||W|| and the held-out perplexity after a ROME-style
+  rank-one edit (one key's MLP output rewritten by `alpha` times its norm) and after
+  disabling edits; the policy's limit (engine/policy.py) must separate them
+
+Timings are the best of several rounds (the machine may be shared).
+
+    .venv/bin/python bench/edits.py [--quick] [--rounds N] [--no-gate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+GOAL_TRANSACTION = 2.0  # transaction / clone of the touched bytes, at most
+GOAL_ROLLBACK = 1.5  # rollback / copy_ of the touched bytes, at most
+GOAL_LIST_S = 0.100  # listing 10,000 edits, at most
+
+
+def best(fn, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def rank_one(w: torch.Tensor, scale: float, g: torch.Generator) -> None:
+    u = torch.randn(w.shape[0], generator=g)
+    v = torch.randn(w.shape[1], generator=g)
+    with torch.no_grad():
+        w.addr_(u, v, alpha=scale * float(w.norm()) / float(u.norm() * v.norm()))
+
+
+def transaction_rows(layers: int, rounds: int, root: Path) -> list[tuple]:
+    from checkpoints import build_model
+
+    from engine.edits import EditJournal, EditRejected
+    from engine.edits.content import copy_tensor, write_back
+
+    model = build_model(layers)
+    journal = EditJournal(model, root / "run")
+    mats = [model.model.layers[i].mlp.down_proj.weight for i in range(layers)]
+    nbytes = mats[0].nbytes
+    g = torch.Generator().manual_seed(0)
+    counter = iter(range(10**9))
+
+    def plain():
+        rank_one(mats[next(counter) % layers], 0.01, g)
+
+    def journaled():
+        i = next(counter) % layers
+        with journal.edit("bench", layer=i):
+            rank_one(mats[i], 0.01, g)
+
+    def clone():
+        mats[next(counter) % layers].clone()
+
+    t_plain, t_journaled, t_clone = [], [], []
+    for _ in range(rounds):  # interleaved, so load on the machine hits all alike
+        t_plain.append(best(plain, 3))
+        t_journaled.append(best(journaled, 3))
+        t_clone.append(best(clone, 3))
+    print(f"edit of 1 MLP matrix: {min(t_journaled) * 1e3:.2f} ms in a transaction, {min(t_plain) * 1e3:.2f} ms "
+          "alone (both measured; the row below is their difference)")
+    rows = [("transaction, 1 MLP matrix", min(t_journaled) - min(t_plain), min(t_clone), nbytes, GOAL_TRANSACTION)]
+
+    w = mats[0]
+    held = copy_tensor("w", w)
+    dst, src = torch.empty_like(w), w.detach().clone()
+    t_back = best(lambda: write_back(w, held), rounds * 3)
+    t_copy = best(lambda: dst.copy_(src), rounds * 3)
+    rows.append(("rollback, 1 MLP matrix", t_back, t_copy, nbytes, GOAL_ROLLBACK))
+
+    def rejected():
+        try:
+            with journal.edit("too big"):
+                rank_one(w, 5.0, g)
+        except EditRejected:
+            pass
+
+    rows.append(("rejected edit incl. the edit", best(rejected, rounds * 3), t_copy, nbytes, None))
+    journal.close()
+    return rows
+
+
+def listing_row(root: Path, rounds: int) -> tuple:
+    from engine.edits.records import COMMITTED, EDIT, JournalDB, TensorChange
+
+    db = JournalDB(root / "listing")
+    change = TensorChange("model.layers.0.mlp.down_proj.weight", "F32", (768, 2048), 6291456,
+                          "a" * 64, "b" * 64, 0.1, 0.01)
+    for i in range(10_000):
+        db.add(EDIT, f"edit {i}", {"layer": i % 24}, COMMITTED, [], {"relative_change_limit": 0.5}, [change])
+    t = best(db.list, rounds)
+    assert len(db.list()) == 10_000
+    db.close()
+    return ("list 10,000 edits", t, GOAL_LIST_S)
+
+
+def gate_rows() -> list[tuple[str, float, float]]:
+    """(what, ||dW||/||W||, perplexity after / before) on the trained demo model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.benchmarks import run_benchmarks
+    from engine.demo_model import ensure_demo_model
+
+    directory = ensure_demo_model()
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+
+    def perplexity() -> float:
+        return run_benchmarks(model, tokenizer, max_tokens=2048, seq_len=128)["perplexity"]
+
+    base = perplexity()
+    layer = len(model.model.layers) // 2
+    mlp = model.model.layers[layer].mlp
+    w = mlp.down_proj.weight
+    keys = {}
+    hook = mlp.down_proj.register_forward_pre_hook(lambda m, args: keys.__setitem__("k", args[0][0, -1].detach()))
+    with torch.no_grad():
+        model(torch.tensor([tokenizer.encode("The module defines a function that returns")]))
+    hook.remove()
+    k = keys["k"]
+    original = w.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    direction = torch.randn(w.shape[0], generator=g)
+    rows = []
+    for label, change in [
+        *((f"rank-one, alpha {a:g}", ("rome", a)) for a in (0.5, 1, 2, 4, 16, 64)),
+        ("matrix x 3", ("scale", 3.0)), ("matrix x 10", ("scale", 10.0)),
+    ]:
+        with torch.no_grad():
+            w.copy_(original)
+            kind, amount = change
+            if kind == "rome":  # W k moves by amount * ||W k|| along `direction`, only for key k
+                delta = direction / direction.norm() * amount * (original @ k).norm()
+                w.add_(torch.outer(delta, k) / (k @ k))
+            else:
+                w.mul_(amount)
+            relative = float((w - original).norm() / original.norm())
+        rows.append((label, relative, perplexity() / base))
+    with torch.no_grad():
+        w.copy_(original)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 layers, 2 rounds")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--no-gate", action="store_true", help="skip the gate rows (they load the demo model)")
+    args = parser.parse_args(argv)
+    layers = 4 if args.quick else 24
+    rounds = args.rounds or (2 if args.quick else 5)
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}; model: Qwen2 {layers} layers; "
+          f"best of {rounds} rounds\n")
+    root = Path(tempfile.mkdtemp(prefix="redline-bench-edits-"))
+    failed = []
+    try:
+        rows = transaction_rows(layers, rounds, root)
+        print(f"{'row':<28} {'ours':>10} {'plain copy':>11} {'ratio':>7} {'goal':>7}")
+        for name, ours, plain, nbytes, goal in rows:
+            ratio = ours / plain
+            verdict = "" if goal is None else ("ok" if ratio <= goal else "MISSED")
+            if verdict == "MISSED":
+                failed.append(name)
+            goal_text = "" if goal is None else f"<={goal:g}x"
+            print(f"{name:<28} {ours * 1e3:>8.2f}ms {plain * 1e3:>9.2f}ms {ratio:>6.2f}x {goal_text:>7} {verdict}"
+                  f"   ({nbytes / 1e6:.1f} MB, plain {nbytes / plain / 1e9:.2f} GB/s)")
+        name, t, goal = listing_row(root, rounds)
+        verdict = "ok" if t <= goal else "MISSED"
+        if verdict == "MISSED":
+            failed.append(name)
+        print(f"{name:<28} {t * 1e3:>8.1f}ms {'':>11} {'':>7} {f'<={goal * 1e3:g}ms':>7} {verdict}")
+        if not args.no_gate:
+            from engine.policy import EDIT_RELATIVE_CHANGE_LIMIT
+
+            print(f"\ngate (demo model; limit ||dW||/||W|| <= {EDIT_RELATIVE_CHANGE_LIMIT:g})")
+            print(f"{'edit':<22} {'|dW|/|W|':>9} {'ppl ratio':>10} {'gate':>9}")
+            for label, relative, ppl in gate_rows():
+                decision = "passes" if relative <= EDIT_RELATIVE_CHANGE_LIMIT else "rejects"
+                print(f"{label:<22} {relative:>9.3f} {ppl:>10.3f} {decision:>9}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if failed:
+        print(f"\nmissed goals: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

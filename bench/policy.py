@@ -1,0 +1,119 @@
+"""Detection policy: its cost per training step, and how many steps it needs to catch each failure.
+
+For each small model (Qwen2, Llama and GPT-2 built untrained from configs, and
+the trained demo model) and each scenario of tests/detection_workloads.py, a
+real fine-tune runs with the fused scan (`norms=True`) and `Detector.evaluate`
+after every optimizer step. Columns:
+
+- delay: steps from the onset to the first CRITICAL (0: caught at the step it
+  happened); for "healthy", the number of HIGH and CRITICAL issues (goal: 0);
+- rule: the rule that fired first (healthy: the largest departure ratio,
+  update size and spike ratio seen, to show the margin below the defaults);
+- detect %: Detector.evaluate time over the step's time (goal <= 1 %);
+- scan %: the fused scan's time over the step's time (it runs anyway).
+
+    .venv/bin/python bench/policy.py [--quick] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from engine.detection import BaselineStats, Detector  # noqa: E402
+from engine.detection.baseline_stats import departure_issues  # noqa: E402
+from engine.health_scan import scan_model  # noqa: E402
+from tests.detection_workloads import SCENARIOS, finetune  # noqa: E402
+
+GOAL_COST = 0.01
+ONSET = 10
+
+
+def models(quick: bool):
+    from tests.conftest import make_tiny_gpt2, make_tiny_llama, make_tiny_qwen2
+
+    yield "qwen2 (untrained)", make_tiny_qwen2, 1e-3
+    yield "llama (untrained)", make_tiny_llama, 1e-3
+    yield "gpt2 (untrained)", make_tiny_gpt2, 1e-3
+    if not quick:
+        from transformers import AutoModelForCausalLM
+
+        from engine.demo_model import ensure_demo_model
+
+        path = ensure_demo_model()
+        yield "demo (trained)", lambda: AutoModelForCausalLM.from_pretrained(path), 3e-4
+
+
+def run(make, scenario: str, steps: int, lr: float) -> dict:
+    model = make()
+    baseline = BaselineStats.from_scan(scan_model(model, norms=True))
+    detector = Detector(model, baseline=baseline)
+    stats = {"first": None, "rule": "", "high": 0, "critical": 0, "step_s": 0.0, "scan_s": 0.0, "detect_s": 0.0,
+             "steps": 0, "departure": 0.0, "update": 0.0}
+    started = time.perf_counter()
+    for step, loss in enumerate(finetune(model, scenario, steps, ONSET, lr=lr if scenario == "healthy" else None)):
+        t0 = time.perf_counter()
+        stats["step_s"] += t0 - started
+        scan = scan_model(model, grads=True, norms=True)
+        t1 = time.perf_counter()
+        issues = detector.evaluate(step, scan, loss=loss)
+        t2 = time.perf_counter()
+        stats["scan_s"] += t1 - t0
+        stats["detect_s"] += t2 - t1
+        stats["steps"] += 1
+        ratios = [max(r for r in baseline.ratios(s) if r == r) for s in scan.weights]
+        stats["departure"] = max(stats["departure"], max(ratios, default=0.0))
+        stats["update"] = max([stats["update"], *[v for _, v in detector.last_updates if v == v]])
+        for issue in issues:
+            if issue["severity"] in ("HIGH", "CRITICAL"):
+                stats[issue["severity"].lower()] += 1
+            if issue["severity"] == "CRITICAL" and stats["first"] is None:
+                stats["first"], stats["rule"] = step, issue["rule"]
+        if scenario != "healthy" and stats["first"] is not None:
+            break
+        started = time.perf_counter()
+    stats["spike"] = max((max(w.values) / max(min(w.values), 1e-12) for w in detector.series.windows.values()
+                          if len(w)), default=0.0)
+    return stats
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models only, 60 healthy steps")
+    parser.add_argument("--steps", type=int, default=None, help="healthy fine-tune steps (default 200, quick 60)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    healthy_steps = args.steps or (60 if args.quick else 200)
+    print(f"{'model':<18} {'scenario':<10} {'delay':>6} {'rule / margins':<44} {'detect %':>8} {'scan %':>7}")
+    worst_cost, missed, false_alarms = 0.0, 0, 0
+    for name, make, lr in models(args.quick):
+        for scenario in SCENARIOS:
+            steps = healthy_steps if scenario == "healthy" else ONSET + 6
+            s = run(make, scenario, steps, lr)
+            cost = s["detect_s"] / s["step_s"] if s["step_s"] else 0.0
+            worst_cost = max(worst_cost, cost)
+            if scenario == "healthy":
+                delay = f"{s['high']}H/{s['critical']}C"
+                rule = f"{s['steps']} st: dep {s['departure']:.2g}x upd {s['update']:.2g} spk {s['spike']:.2g}x"
+                false_alarms += s["high"] + s["critical"]
+            else:
+                delay = "missed" if s["first"] is None else str(s["first"] - ONSET)
+                rule = s["rule"]
+                missed += s["first"] is None or s["first"] - ONSET > 2
+            print(f"{name:<18} {scenario:<10} {delay:>6} {rule:<44} {100 * cost:>7.2f}% "
+                  f"{100 * s['scan_s'] / s['step_s']:>6.1f}%", flush=True)
+    ok = worst_cost <= GOAL_COST and not missed and not false_alarms
+    print(f"worst detection cost {100 * worst_cost:.2f}% of a step (goal <= {100 * GOAL_COST:.0f}%); "
+          f"missed or late (> 2 steps): {missed}; HIGH/CRITICAL on healthy runs: {false_alarms}"
+          f" -> {'OK' if ok else 'NOT MET'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""EditJournal: every edit of a model as a transaction, on record, and revertible one by one.
+
+    journal = EditJournal(model, run_dir)
+    with journal.edit("move Paris to Rome", layer=5) as edit:
+        w = model.model.layers[5].mlp.down_proj.weight
+        w.add_(torch.outer(u, v))            # only this matrix is copied, before the write
+    journal.list()                            # oldest first
+    journal.revert(edit.id)                   # refused while later edits touched the same tensors
+    journal.revert(edit.id, cascade=True)     # reverts those too, newest first
+
+The journal lives in `<run_dir>/edits/` (records.py: SQLite; content.py: pre-edit blobs).
+One process at a time holds it (owner.py); other processes read it. Parameters are indexed
+when the journal opens: call `reindex()` after rebinding parameters (``load_state_dict(...,
+assign=True)``, ``model.to(...)``); in-place writes (``copy_``) need nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from engine.edits import gate
+from engine.edits.content import PreEditContent, content_hash, write_back
+from engine.edits.errors import JournalBusy, RevertFailed
+from engine.edits.owner import release, take_ownership
+from engine.edits.records import COMMITTED, REVERT, EditRecord, JournalDB, TensorChange
+from engine.edits.transaction import Edit
+from engine.fsutil import secure_mkdir
+from engine.store.identity import tie_groups
+from engine.store.write_tracker import SpanOwners
+
+EDITS_DIR = "edits"
+DEFAULT_HOLD_BYTES = 512 << 20  # host copies of recent pre-edit content kept for reverts without a file read
+
+
+class ParameterIndex:
+    """The model's parameters, one entry per distinct tensor (tied names under the first)."""
+
+    def __init__(self, model: torch.nn.Module):
+        groups = tie_groups(model.named_parameters(remove_duplicate=False))
+        self.names = [names[0] for names, _t in groups]
+        self.tensors = [t for _names, t in groups]
+        self.by_name = {name: i for i, (names, _t) in enumerate(groups) for name in names}
+        self.owners = SpanOwners(self.tensors).owners
+
+
+class EditJournal:
+    """The edit journal of one model in one run directory (see the module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, run_dir: str | Path, *, hold_bytes: int = DEFAULT_HOLD_BYTES,
+                 relative_change_limit: float | None = None):
+        self.model = model
+        self.run_dir = Path(run_dir).expanduser()
+        self.dir = secure_mkdir(self.run_dir / EDITS_DIR)
+        self.relative_change_limit = relative_change_limit
+        self._owner_fd = take_ownership(self.dir)
+        if self._owner_fd is None:
+            raise JournalBusy(f"another journal holds the model of {self.run_dir} (an engine or a script; "
+                              "see `redline edits ls --run-dir ...`). Close it first, or use another run directory.")
+        try:
+            self._db = JournalDB(self.dir)
+            self._content = PreEditContent(self.dir, hold_bytes)
+            self._content.collect(self._db.preimage_hashes())
+        except BaseException:
+            release(self._owner_fd)
+            raise
+        self._index = ParameterIndex(model)
+        self._active: Edit | None = None
+
+    def reindex(self) -> None:
+        """Index the parameters again (after they were rebound to new tensors)."""
+        self._index = ParameterIndex(self.model)
+
+    # -- edits --------------------------------------------------------------------------------
+
+    def edit(self, description: str, *, probe: Callable | None = None, probe_min: float = 0.5, **meta) -> Edit:
+        """A transaction around one edit: `with journal.edit("...", layer=3) as edit:`.
+
+        probe: `probe(model) -> bool | float`, run on the edited model; a float passes when
+        >= probe_min. Raises EditRejected (tensors put back) when a check fails.
+        """
+        return Edit(self, description, meta, probe, probe_min)
+
+    def _begin(self, edit: Edit) -> None:
+        if self._owner_fd is None:
+            raise RuntimeError("this EditJournal is closed")
+        if self._active is not None:
+            raise RuntimeError(f"edit {self._active.description!r} is still open; edits do not nest")
+        self._active = edit
+
+    def _end(self, edit: Edit) -> None:
+        if self._active is edit:
+            self._active = None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def list(self) -> list[EditRecord]:
+        """Every journal entry (edits and reverts), oldest first."""
+        return self._db.list()
+
+    def show(self, edit_id: int) -> EditRecord:
+        return self._db.show(int(edit_id))
+
+    # -- reverting ----------------------------------------------------------------------------
+
+    def revert(self, edit_id: int, *, cascade: bool = False) -> list[int]:
+        """Put back the tensors edit `edit_id` touched; returns the ids of the revert entries.
+
+        Refused (RevertRefused, naming them) when later live edits touched the same tensors,
+        unless `cascade`: then those are reverted first, newest first. Each tensor is checked
+        to hold what the edit left before, and what it held before the edit after (hashes).
+        """
+        if self._active is not None:
+            raise RuntimeError("revert inside an edit block: finish the edit first")
+        plan = self._db.plan_revert(int(edit_id), cascade)
+        return [self._revert_one(r) for r in plan]
+
+    def _revert_one(self, record: EditRecord) -> int:
+        live = {}
+        for change in record.tensors:
+            i = self._index.by_name.get(change.name)
+            if i is None:
+                raise RevertFailed(f"edit {record.id} touched {change.name!r}, which this model does not have; "
+                                   "the model was not changed.")
+            live[change.name] = self._index.tensors[i]
+            if content_hash(change.name, live[change.name]) != change.hash_after:
+                raise RevertFailed(
+                    f"{change.name!r} no longer holds what edit {record.id} left (it was changed outside the "
+                    "journal since, e.g. by a checkpoint restore); reverting would not give back the state "
+                    "before the edit. The model was not changed.")
+        try:
+            before = {c.name: self._content.fetch(c, record.id) for c in record.tensors}
+        except LookupError as exc:
+            raise RevertFailed(f"the pre-edit content of edit {record.id} cannot be read: {exc} "
+                               "The model was not changed.") from None
+        changes = []
+        for change in record.tensors:
+            t, copy = live[change.name], before[change.name]
+            check = gate.measure(copy.typed(t.device), t.detach())
+            write_back(t, copy)
+            if content_hash(change.name, t) != change.hash_before:
+                raise RevertFailed(f"after reverting edit {record.id}, {change.name!r} does not hash to its "
+                                   "recorded pre-edit content; check the machine's memory.")
+            changes.append(TensorChange(change.name, change.dtype, change.shape, change.nbytes,
+                                        change.hash_after, change.hash_before, check.delta_norm, check.relative))
+        return self._db.add(REVERT, f"revert edit {record.id}: {record.description}", {"reverts": record.id},
+                            COMMITTED, [], {"verified": "pre-edit hashes match"}, changes, reverts=record.id)
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Wait until the pre-edit content of every committed edit is on disk (blobs)."""
+        self._content.flush()
+
+    def close(self) -> None:
+        """Write what is queued and release the journal (another process may then hold it). Idempotent."""
+        if self._owner_fd is not None:
+            try:
+                self._content.flush()
+            finally:
+                self._content.close()
+                self._db.close()
+                release(self._owner_fd)
+                self._owner_fd = None
+
+    def __enter__(self) -> EditJournal:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        fd = getattr(self, "_owner_fd", None)
+        if fd is not None:
+            release(fd)
+

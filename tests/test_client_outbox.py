@@ -1,0 +1,54 @@
+"""ClientOutbox: latest-wins coalescing, drops of the rest counted, a resync instead of losing what matters."""
+
+from __future__ import annotations
+
+from engine import events as ev
+from engine.runtime.client_outbox import ClientOutbox
+
+
+def test_publish_order_and_coalescing():
+    box = ClientOutbox(capacity=10)
+    box.put(ev.HealthSnapshot(status="OK", step=1))
+    box.put(ev.Alert(severity="HIGH", message="a"))
+    box.put(ev.HealthSnapshot(status="WARNING", step=2))
+    box.put_private({"t": "clients", "count": 2})
+    items, resync, dropped = box.take(timeout=0)
+    assert [getattr(i, "kind", i.get("t") if isinstance(i, dict) else None) for i in items] == \
+        ["alert", "health", "clients"]
+    assert items[1].step == 2 and not resync and dropped == 0
+    assert box.take(timeout=0) == ([], False, 0)
+
+
+def test_the_rest_drops_oldest_and_counts():
+    box = ClientOutbox(capacity=5)
+    for i in range(12):
+        box.put(ev.LogLine(text=str(i)))
+    items, resync, dropped = box.take(timeout=0)
+    assert [e.text for e in items] == [str(i) for i in range(7, 12)] and dropped == 7 and not resync
+
+
+def test_falling_behind_on_what_matters_asks_for_a_resync_and_stays_bounded():
+    box = ClientOutbox(capacity=5)
+    for i in range(1000):
+        box.put(ev.Alert(severity="INFO", message=str(i)))
+        assert box.pending() <= 6
+    items, resync, _ = box.take(timeout=0)
+    assert resync and len(items) <= 5
+
+
+def test_closed_outbox_takes_nothing_more():
+    box = ClientOutbox()
+    box.close()
+    box.put(ev.Alert(severity="INFO", message="late"))
+    assert box.take(timeout=0) == ([], False, 0)
+
+
+def test_private_items_survive_a_resync_and_a_snapshot():
+    box = ClientOutbox(capacity=3)
+    box.put_private(ev.CommandDone(command_id=1, command="save", ok=True))
+    for i in range(10):
+        box.put(ev.Alert(severity="INFO", message=str(i)))
+    box.discard_shared()
+    box.put_private({"t": "role", "role": "observer"})
+    items, resync, _ = box.take(timeout=0)
+    assert not resync and [type(i).__name__ for i in items] == ["CommandDone", "dict"]
