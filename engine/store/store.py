@@ -82,7 +82,7 @@ class CheckpointStore:
         self._manifest_cache: dict[str, tuple[tuple[int, int, int], Manifest]] = {}
         if not readonly:
             self.ensure_dirs()
-            self.collect_garbage(wait=False)  # crash leftovers, when no save runs anywhere
+            self.clean_leftovers()
 
     @property
     def watch_path(self) -> Path:
@@ -297,6 +297,10 @@ class CheckpointStore:
             except CheckpointCorrupted:
                 return None
         return referenced
+
+    def clean_leftovers(self) -> int:
+        """On open: collect crash leftovers (temp files, unreferenced blobs) unless a save runs anywhere."""
+        return self.collect_garbage(wait=False).freed_bytes
 
     def discard_unreferenced(self) -> int:
         """After a failed save: delete tensor files no manifest names, unless a save runs anywhere."""
