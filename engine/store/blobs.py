@@ -318,3 +318,12 @@ class BlobFiles:
                     with contextlib.suppress(FileNotFoundError):
                         out.append((Path(entry.path), entry.stat(follow_symlinks=False).st_size))
         return out
+
+    def delete_unreferenced(self, referenced: set[str]) -> int:
+        """Delete every blob whose hash is not in `referenced`; returns bytes freed."""
+        freed = 0
+        for path, size in self.unreferenced(referenced):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                freed += size
+        return freed
