@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from engine.store import auto_checkpoint
-from engine.store.blobs import tensor_hash, tensor_hasher
 from engine.store.comparison import compare_manifests, compare_to_model, fit
 from engine.store.errors import (
     CheckpointCorrupted,
@@ -34,16 +33,18 @@ from engine.store.export import export_tensors, write_pretrained, write_safetens
 from engine.store.interface import CheckpointStorage
 from engine.store.manifests import Manifest, TensorRecord, check_id, manifest_body, new_id
 from engine.store.metadata import encode_metadata
+from engine.store.repair import check_and_repair
+from engine.store.saving import save_tensor
 from engine.store.snapshot import Claims, HeldTensor, Snapshot
 from engine.store.store import CheckpointStore
 from engine.store.tensors import (
     as_tensor,
-    copy_and_hash,
+    copy_into,
     host_bytes,
     model_groups,
+    new_host_arena,
     new_host_buffer,
     numpy_bytes,
-    same_bytes,
     sync_devices,
     untracked,
 )
@@ -79,6 +80,16 @@ class CheckpointManager:
     is the content-addressed CheckpointStore in `checkpoint_dir`. ``watch_path`` is the folder
     whose changes mean another process saved or deleted a checkpoint.
 
+    Integrity: a save reuses a tensor file already on disk only after proving it holds the
+    tensor's bytes (engine/store/blobs.py); a damaged one is rewritten from the live tensor
+    and listed in ``repairs`` (the last save's). A restore from disk verifies every file and
+    names a damaged one (checkpoint and tensor) in ``last_error``. A restore served from the
+    held host copy reads no disk, so that checkpoint's files are then unchecked
+    (``disk_unchecked``) until :meth:`check_and_repair` re-reads them.
+
+    ``readonly=True`` opens the directory for reading only: nothing is ever written there
+    (no lock file, no temp folder); saves and deletions raise CheckpointError.
+
     Thread use: save/restore/delete from one thread at a time per manager (the engine
     thread); list_checkpoints/get_checkpoint from any. Several managers, in this or other
     processes, may share one directory.
@@ -93,15 +104,19 @@ class CheckpointManager:
         pin_memory: bool | None = None,
         durable: bool = True,
         store: CheckpointStorage | None = None,
+        readonly: bool = False,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self.model = model
         self.memory_snapshot = memory_snapshot
         self.pin_memory = pin_memory
-        self.store: CheckpointStorage = store if store is not None else CheckpointStore(checkpoint_dir, durable=durable)
+        self.store: CheckpointStorage = (store if store is not None
+                                         else CheckpointStore(checkpoint_dir, durable=durable, readonly=readonly))
         self.checkpoint_dir: Path = self.store.root
         self.last_error: str | None = None
+        self.repairs: list[dict] = []  # damaged tensor files the last save rewrote: {checkpoint_id, tensor, hash, why}
+        self.disk_unchecked: set[str] = set()  # restored from host memory since their files were last checked
         self._snapshot: Snapshot | None = None
         self._verified: dict[str, bool] = {}
         self._damaged: dict[str, str] = {}
@@ -150,13 +165,14 @@ class CheckpointManager:
                 for g, dt, (host, copied) in zip(groups, dtypes, hosts)
             ]
             with self.store.saving():
-                results = run_all(self._save_one, jobs)
-                written = [r[0] for r in results if r[1]]
+                results = run_all(lambda job: save_tensor(self.store, job), jobs)
+                written = [r[0] for r in results if r[2] is not None and r[2].state != "same"]
                 records = tuple(
-                    TensorRecord(g.name, digest, dt, g.shape, int(g.tensor.nbytes), tuple(g.names[1:]))
-                    for g, dt, (digest, _wrote, _buf) in zip(groups, dtypes, results)
+                    TensorRecord(g.name, digest, dt, g.shape, int(g.tensor.nbytes), tuple(g.names[1:]), checksum)
+                    for g, dt, (digest, checksum, _found, _buf) in zip(groups, dtypes, results)
                 )
-                body = manifest_body(now, meta, self.model, records, new_bytes=sum(r[1] for r in results))
+                new_bytes = sum(rec.nbytes for rec, r in zip(records, results) if r[2] is not None and r[2].state != "same")
+                body = manifest_body(now, meta, self.model, records, new_bytes=new_bytes)
                 for attempt in range(5):  # an id taken in the same second: draw another
                     body["id"] = checkpoint_id
                     if self.store.commit(body, written):
@@ -164,39 +180,18 @@ class CheckpointManager:
                     checkpoint_id = new_id(now)
                 else:
                     raise CheckpointError("could not find a free checkpoint id; save again")
+        self.repairs = [
+            {"checkpoint_id": checkpoint_id, "tensor": rec.name, "hash": rec.hash, "why": found.why}
+            for rec, (_d, _c, found, _b) in zip(records, results) if found is not None and found.state == "damaged"
+        ]
         manifest = self.store.read_manifest(checkpoint_id)
         if follow:
             held = {
-                rec.name: HeldTensor(rec.hash, rec.dtype, rec.shape, buf)
-                for rec, (_d, _w, buf) in zip(records, results)
+                rec.name: HeldTensor(rec.hash, rec.dtype, rec.shape, buf, rec.xxh3)
+                for rec, (_d, _c, _f, buf) in zip(records, results)
             }
             self._snapshot = Snapshot(checkpoint_id, manifest, held)
         return checkpoint_id
-
-    def _save_one(self, job) -> tuple[str, int, torch.Tensor | None]:
-        """Hash (or prove unchanged), then write if new. Returns (hash, bytes written, held buf)."""
-        group, dt, host, copied, held, follow, claimed = job
-        if held is not None and held.dtype == dt and held.shape == group.shape and same_bytes(
-            host, held.buf
-        ):
-            digest, source, keep = held.hash, host, held.buf
-        else:
-            if follow and not copied:  # the snapshot needs its own copy of the live bytes
-                source = new_host_buffer(host.nbytes, host.is_pinned())
-                hasher = tensor_hasher(dt, group.shape)
-                copy_and_hash(source, host, hasher)
-                digest = hasher.hexdigest()
-            else:
-                source = host
-                digest = tensor_hash(dt, group.shape, numpy_bytes(source))
-            keep = source if follow else None
-        wrote = 0
-        if claimed.first(digest) and not self.store.has_blob(
-            digest, dt, group.shape, host.nbytes
-        ):
-            self.store.write_blob(digest, dt, group.shape, numpy_bytes(source))
-            wrote = host.nbytes
-        return digest, wrote, keep
 
     # ------------------------------------------------------------ listing
 
@@ -244,7 +239,7 @@ class CheckpointManager:
         try:
             manifest = self.store.read_manifest(check_id(checkpoint_id))
             unique = {r.hash: r for r in manifest.tensors}.values()
-            run_all(lambda r: self.store.read_blob(r, checkpoint_id=checkpoint_id), unique)
+            run_all(lambda r: self.store.read_blob(r, checkpoint_id=checkpoint_id, exact=True), unique)
         except Exception as exc:
             return self._fail(checkpoint_id, exc)
         self._verified[checkpoint_id] = True
@@ -273,24 +268,39 @@ class CheckpointManager:
         manifest = snap.manifest if in_memory else self.store.read_manifest(checkpoint_id)
         groups = model_groups(self.model)
         plan = fit(manifest, groups, type(self.model).__name__)
-        sources = self._load(manifest, {rec.hash: rec for _g, rec in plan}.values())
-        with torch.no_grad(), untracked():
+        keep = not in_memory and self.memory_snapshot and not (snap and snap.pinned)
+        sources = self._load(manifest, {rec.hash: rec for _g, rec in plan}.values(), transient=not keep)
+        on_host = [(g, rec) for g, rec in plan if g.tensor.device.type == "cpu"]
+        with untracked():
+            run_all(lambda job: copy_into(job[0].tensor, sources[job[1].hash], job[1].dtype, job[1].shape), on_host)
             for group, rec in plan:
-                src = as_tensor(sources[rec.hash], rec.dtype, rec.shape)
-                group.tensor.copy_(src, non_blocking=src.is_pinned())
+                if group.tensor.device.type != "cpu":
+                    copy_into(group.tensor, sources[rec.hash], rec.dtype, rec.shape)
             sync_devices(g.tensor for g, _ in plan)
-        if not in_memory:
+        if in_memory:
+            self.disk_unchecked.add(checkpoint_id)
+        else:
             self._verified[checkpoint_id] = True
-            if self.memory_snapshot and not (snap and snap.pinned):
+            self.disk_unchecked.discard(checkpoint_id)
+            if keep:
                 self._snapshot = Snapshot.of(manifest, sources, pinned=False)
 
-    def _load(self, manifest: Manifest, records) -> dict[str, torch.Tensor]:
-        """Verified host bytes for `records`: held ones from memory, the rest from disk."""
+    def _load(self, manifest: Manifest, records, transient: bool = False) -> dict[str, torch.Tensor]:
+        """Verified host bytes for `records`: held ones from memory, the rest from disk.
+
+        `transient` (the bytes are dropped after use): read into one arena instead of a
+        buffer per tensor, so huge pages back small tensors too (fresh memory costs a page
+        fault per page; see tensors.new_host_buffer). Bytes that will be held get their own
+        buffers, so a held tensor never keeps a dropped one's memory alive.
+        """
         held = self._snapshot.by_hash if self._snapshot else {}
         sources = {r.hash: held[r.hash] for r in records if r.hash in held}
         todo = [r for r in records if r.hash not in sources]
         pin = self._pin()
-        bufs = [new_host_buffer(r.nbytes, pin) for r in todo]
+        if transient:
+            bufs = new_host_arena([r.nbytes for r in todo], pin)
+        else:
+            bufs = [new_host_buffer(r.nbytes, pin) for r in todo]
 
         def read(job):
             rec, buf = job
@@ -299,6 +309,19 @@ class CheckpointManager:
         run_all(read, list(zip(todo, bufs)))
         sources.update((r.hash, b) for r, b in zip(todo, bufs))
         return sources
+
+    def check_and_repair(self, checkpoint_id: str) -> dict:
+        """Re-read every tensor file of a checkpoint; rewrite damaged ones from host memory.
+
+        See engine/store/repair.py. Never touches the model. Returns {checkpoint_id, checked
+        (files), repaired: [{tensor, hash, why}], damaged: [{tensor, hash, error}]}; raises
+        CheckpointError if the manifest itself cannot be read.
+        """
+        manifest = self.store.read_manifest(check_id(checkpoint_id))
+        report = check_and_repair(self.store, manifest, self._snapshot.by_hash if self._snapshot else {})
+        self.disk_unchecked.discard(checkpoint_id)
+        self._verified[checkpoint_id] = not report["damaged"]
+        return report
 
     def _fail(self, checkpoint_id, exc: Exception) -> bool:
         if isinstance(exc, CheckpointError):
@@ -393,7 +416,7 @@ class CheckpointManager:
 
     def _load_one(self, manifest: Manifest, rec: TensorRecord) -> torch.Tensor:
         """One verified tensor of `manifest`, viewed as its dtype and shape."""
-        return as_tensor(self._load(manifest, [rec])[rec.hash], rec.dtype, rec.shape)
+        return as_tensor(self._load(manifest, [rec], transient=True)[rec.hash], rec.dtype, rec.shape)
 
     # ------------------------------------------------------------ export
 
@@ -420,7 +443,8 @@ class CheckpointManager:
         return write_pretrained(out_dir, self.model, lambda: self._export_tensors(manifest))
 
     def _export_tensors(self, manifest: Manifest) -> dict[str, torch.Tensor]:
-        return export_tensors(manifest, self._load(manifest, {r.hash: r for r in manifest.tensors}.values()))
+        unique = {r.hash: r for r in manifest.tensors}.values()
+        return export_tensors(manifest, self._load(manifest, unique, transient=True))
 
 
 class AutoCheckpointer(auto_checkpoint.AutoCheckpointer):

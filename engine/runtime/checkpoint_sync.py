@@ -4,6 +4,10 @@
 restores and deletions, automatic pruning (engine.store.pruning), and
 checkpoints other processes write into the same run directory, which a
 watchdog observer notices (or, without one, the periodic health scan).
+It also turns the store's integrity findings into alerts: damaged tensor files
+a save rewrote, a restore refused for a damaged file, and the check of a
+checkpoint's files after a restore served from host memory (which reads no
+disk), done at the next save or idle health scan, repairing from memory.
 """
 
 from __future__ import annotations
@@ -48,9 +52,13 @@ class CheckpointSync:
         """Save the model with `metadata` (plus experiment and step), publish it; hold it in memory if asked."""
         core = self._core
         metadata = {**metadata, "experiment": core.experiment_name, "step": core.step}
+        self.check_disk_copies()
         started = time.perf_counter()
         checkpoint_id = core.checkpoints.save_checkpoint(metadata=metadata)
         seconds = time.perf_counter() - started
+        for repair in getattr(core.checkpoints, "repairs", ()):
+            core.alert("HIGH", f"Checkpoint file of {repair['tensor']} was damaged on disk ({repair['why']}); "
+                               f"saving {checkpoint_id} rewrote it from the live model. Check the disk.")
         if hold:
             core.checkpoints.hold_in_memory(checkpoint_id)
         core.publish(CheckpointSaved(checkpoint=checkpoint_info(core.checkpoints.get_checkpoint(checkpoint_id)),
@@ -69,11 +77,29 @@ class CheckpointSync:
         report(1, 1, "restored" if ok else "restore failed")
         core.publish(CheckpointRestored(checkpoint_id=checkpoint_id, ok=ok, seconds=seconds,
                                         message="" if ok else (core.checkpoints.last_error or "restore failed")))
+        if not ok and "is damaged" in (core.checkpoints.last_error or ""):
+            core.alert("HIGH", f"Restore refused: {core.checkpoints.last_error}")
         if ok:
             core.health.perplexity_status = "OK"
             core.health.last_perplexity = None
             core.detection.after_restore(checkpoint_id)
         return ok
+
+    def check_disk_copies(self) -> None:
+        """Check (and repair from host memory) the files of checkpoints last restored from memory."""
+        checkpoints = self._core.checkpoints
+        for checkpoint_id in sorted(getattr(checkpoints, "disk_unchecked", ())):
+            try:
+                report = checkpoints.check_and_repair(checkpoint_id)
+            except Exception as exc:
+                checkpoints.disk_unchecked.discard(checkpoint_id)
+                self._core.alert("MEDIUM", f"Could not check the files of {checkpoint_id}: {type(exc).__name__}: {exc}")
+                continue
+            for repair in report["repaired"]:
+                self._core.alert("HIGH", f"Checkpoint {checkpoint_id}: the file of {repair['tensor']} was damaged on "
+                                         f"disk ({repair['why']}); rewritten from the copy in host memory. Check the disk.")
+            for damage in report["damaged"]:
+                self._core.alert("HIGH", f"Checkpoint {checkpoint_id} cannot be restored from disk: {damage['error']}")
 
     def delete(self, checkpoint_id: str) -> bool:
         ok = self._core.checkpoints.delete_checkpoint(checkpoint_id)

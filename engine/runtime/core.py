@@ -176,6 +176,7 @@ class EngineCore:
         def on_health(result: dict) -> None:
             self.sync.poll_if_unwatched()
             self.health.publish(result)
+            self.sync.check_disk_copies()
 
         while not self.exit_requested:
             try:
@@ -305,7 +306,7 @@ class EngineCore:
         if not readonly:
             self.checkpoints = CheckpointManager(self.model, checkpoint_dir)
         elif checkpoint_dir.is_dir():
-            self.checkpoints = CheckpointManager(self.model, checkpoint_dir, memory_snapshot=False)
+            self.checkpoints = CheckpointManager(self.model, checkpoint_dir, memory_snapshot=False, readonly=True)
         health = self.health.scan()
         perplexity = None
         if self.tokenizer is None:

@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from engine.store.blobs import BlobCheck
 from engine.store.manifests import Manifest, TensorRecord
 
 
@@ -28,11 +29,10 @@ class CheckpointStorage(Protocol):
     def saving(self) -> AbstractContextManager:
         """Held around one save (blob writes and commit): deletions wait, in any process."""
 
-    def has_blob(self, digest: str, dtype: str, shape: tuple[int, ...], nbytes: int) -> bool:
-        """Whether the tensor with this hash is stored whole (then the save does not write it)."""
-
-    def write_blob(self, digest: str, dtype: str, shape: tuple[int, ...], data) -> None:
-        """Store one tensor's raw bytes under its hash (raises CheckpointError on a full or read-only disk)."""
+    def put_blob(self, digest: str, dtype: str, shape: tuple[int, ...], data, *, recheck: bool = False) -> BlobCheck:
+        """Make the tensor stored under `digest` hold exactly `data`: reuse it only once its bytes are
+        proven equal, else write (or rewrite a damaged one). Returns what was found: state "same",
+        "absent" or "damaged" (with why). Raises CheckpointError on a full or read-only disk."""
 
     def commit(self, body: dict, new_blobs: Iterable[str] = ()) -> bool:
         """Make the checkpoint `body` (with its `new_blobs`) exist, all at once; False if its id is taken."""
@@ -43,8 +43,9 @@ class CheckpointStorage(Protocol):
     def read_manifest(self, checkpoint_id: str) -> Manifest:
         """The verified manifest (CheckpointNotFound, CheckpointCorrupted)."""
 
-    def read_blob(self, rec: TensorRecord, *, checkpoint_id: str, into=None) -> None:
-        """Read `rec`'s bytes into `into` (or only check them), verified against rec.hash (CheckpointCorrupted)."""
+    def read_blob(self, rec: TensorRecord, *, checkpoint_id: str, into=None, exact: bool = False) -> None:
+        """Read `rec`'s bytes into `into` (or only check them), verified against rec.xxh3 when present,
+        else (or with `exact`) rec.hash; CheckpointCorrupted names the checkpoint and tensor."""
 
     def delete(self, checkpoint_id: str) -> bool:
         """Remove a checkpoint and whatever only it used; False if it does not exist."""

@@ -2,7 +2,9 @@
 
 A manifest is one JSON file per checkpoint: ``{"format", "version", "checksum", "body"}``,
 where the checksum (blake3 of the body's canonical JSON) makes any damage to it detectable.
-The body names every tensor by the hash of its content (see engine/store/blobs.py).
+The body names every tensor by the hash of its content (see engine/store/blobs.py) and,
+since the field was added, by a fast checksum of it (`xxh3`, optional: older manifests have
+none and their tensors are verified with the content hash).
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ FORMAT = "redline.checkpoint"
 VERSION = 1
 ID_RE = re.compile(r"checkpoint_[0-9]{8}_[0-9]{6}_[0-9a-f]{8}", re.ASCII)
 HASH_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
+CHECKSUM_RE = re.compile(r"[0-9a-f]{32}", re.ASCII)
 
 
 @dataclass(frozen=True)
 class TensorRecord:
-    """One stored tensor of a manifest; `aliases` are other names for the same storage."""
+    """One stored tensor of a manifest; `aliases` are other names for the same storage.
+
+    `hash` (blake3) is the content address: exact identity. `xxh3` (xxh3-128 of the same
+    prefix and bytes, None in older manifests) only detects damage when reading the blob.
+    """
 
     name: str
     hash: str
@@ -36,13 +43,14 @@ class TensorRecord:
     shape: tuple[int, ...]
     nbytes: int
     aliases: tuple[str, ...] = ()
+    xxh3: str | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "hash": self.hash,
             "dtype": self.dtype,
@@ -50,6 +58,9 @@ class TensorRecord:
             "nbytes": self.nbytes,
             "aliases": list(self.aliases),
         }
+        if self.xxh3 is not None:
+            out["xxh3"] = self.xxh3
+        return out
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,7 @@ def parse_manifest(checkpoint_id: str, raw: bytes, path: Path) -> Manifest:
                 shape=tuple(int(s) for s in t["shape"]),
                 nbytes=int(t["nbytes"]),
                 aliases=tuple(t.get("aliases", ())),
+                xxh3=t.get("xxh3"),
             )
             for t in body["tensors"]
         )
@@ -201,6 +213,8 @@ def parse_manifest(checkpoint_id: str, raw: bytes, path: Path) -> Manifest:
         raise damaged(f"it names another checkpoint ({manifest.id})")
     if any(not HASH_RE.fullmatch(t.hash) for t in tensors):
         raise damaged("a tensor hash is malformed")
+    if any(t.xxh3 is not None and not (isinstance(t.xxh3, str) and CHECKSUM_RE.fullmatch(t.xxh3)) for t in tensors):
+        raise damaged("a tensor checksum is malformed")
     for t in tensors:  # a lie here would size buffers and misjudge good tensor files
         if t.dtype not in ITEMSIZE:
             raise damaged(f"tensor {t.name!r} has an unknown dtype {t.dtype!r}")

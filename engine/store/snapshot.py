@@ -16,12 +16,13 @@ from engine.store.manifests import Manifest
 
 @dataclass
 class HeldTensor:
-    """One tensor of the snapshot: verified bytes and their hash."""
+    """One tensor of the snapshot: verified bytes, their hash and (when known) their xxh3 checksum."""
 
     hash: str
     dtype: str
     shape: tuple[int, ...]
     buf: torch.Tensor
+    xxh3: str | None = None
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Snapshot:
     @classmethod
     def of(cls, manifest: Manifest, sources: dict[str, torch.Tensor], pinned: bool) -> Snapshot:
         """The snapshot of `manifest`, from verified bytes by hash."""
-        held = {r.name: HeldTensor(r.hash, r.dtype, r.shape, sources[r.hash]) for r in manifest.tensors}
+        held = {r.name: HeldTensor(r.hash, r.dtype, r.shape, sources[r.hash], r.xxh3) for r in manifest.tensors}
         return cls(manifest.id, manifest, held, pinned=pinned)
 
 

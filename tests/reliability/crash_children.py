@@ -13,6 +13,7 @@ import torch
 
 from engine.checkpointing import CheckpointManager
 from engine.memory import MemorySystem
+from engine.store.store import CheckpointStore
 from tests.reliability.helpers import fingerprint
 
 
@@ -42,3 +43,25 @@ def save_until_killed(run_dir: str, seed: int, durable: bool, ready) -> None:
         if step % 3 == 2 and len(mine) > 2:
             cm.delete_checkpoint(mine.pop(0))  # garbage collection can be interrupted too
         step += 1
+
+
+class PausingStore(CheckpointStore):
+    """The real store, stopping between a save's blob writes and its manifest until told to go on:
+    the instant a crash leaves written but unreferenced blobs, held still so a test can act there."""
+
+    def __init__(self, root, paused, resume):
+        super().__init__(root)
+        self.paused, self.resume = paused, resume
+
+    def commit(self, body, new_blobs=()):
+        self.paused.set()
+        self.resume.wait()
+        return super().commit(body, new_blobs)
+
+
+def save_paused_before_commit(run_dir: str, seed: int, paused, resume, saved) -> None:
+    """One save of a fresh model that stops before its commit; reports (id, fingerprint) if resumed."""
+    model = small_model(seed)
+    store = PausingStore(os.path.join(run_dir, "checkpoints"), paused, resume)
+    cm = CheckpointManager(model, store.root, store=store)
+    saved.put((cm.save_checkpoint({"child": True}), fingerprint(model)))

@@ -73,6 +73,8 @@ def campaign(ctx, run_dir, n: int, ledger) -> None:
 
         cm = CheckpointManager(small_model(1), run_dir / "checkpoints")  # opening cleans leftovers
         no_leftovers = not any((run_dir / "checkpoints" / "tmp").iterdir())
+        blobs = {p.name.removesuffix(".safetensors") for p in cm.store.blob_dir.glob("*/*")}
+        assert blobs == cm.store.referenced_blobs(), "opening left blobs no manifest references"
         no_damaged = cm.damaged_checkpoints() == []
         now = [c["id"] for c in cm.list_checkpoints()]
         lost = [cid for cid in before if cid not in now or not exact(cm, cid)]
