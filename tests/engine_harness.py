@@ -17,6 +17,19 @@ from engine.runtime import Engine, EngineConfig
 
 DEADLINE = 60.0  # seconds; generous for a loaded 2-core machine
 
+# An experiment that keeps changing one weight, a step at a time, until stopped.
+KEEP_CHANGING = """
+    import torch
+
+    def run(ctx):
+        weight = ctx.model.model.layers[1].mlp.up_proj.weight
+        while True:
+            with torch.no_grad():
+                weight.mul_(1.001)
+            ctx.step("scale up_proj")
+            ctx.wait(0.02)
+"""
+
 
 def save_tiny_model(directory: Path, seed: int = 0) -> Path:
     """A tied tiny Qwen2 + the byte tokenizer, saved with save_pretrained (safetensors)."""

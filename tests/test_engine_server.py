@@ -17,19 +17,8 @@ from engine import protocol
 from engine.runtime.registry import live_engines
 from engine.runtime.server_connection import peer_allowed, peer_uid
 from engine.runtime.socket_paths import MAX_SOCKET_PATH, connect, socket_path
-from tests.engine_harness import DEADLINE, engines, tiny_model_dir, write_experiment  # noqa: F401  (fixtures)
+from tests.engine_harness import KEEP_CHANGING, DEADLINE, engines, tiny_model_dir, write_experiment  # noqa: F401  (fixtures)
 
-KEEP_CHANGING = """
-    import torch
-
-    def run(ctx):
-        weight = ctx.model.model.layers[1].mlp.up_proj.weight
-        while True:
-            with torch.no_grad():
-                weight.mul_(1.001)
-            ctx.step("scale up_proj")
-            ctx.wait(0.02)
-"""
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from engine.runtime.registry import pid_alive
 from engine.runtime.socket_paths import socket_path
 from tests.console.test_cli_pty import COMMAND, DEADLINE, ROOT, spawn
 from tests.engine_harness import tiny_model_dir, write_experiment  # noqa: F401  (fixture)
-from tests.test_engine_server import KEEP_CHANGING
+from tests.engine_harness import KEEP_CHANGING
 
 
 def redline(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

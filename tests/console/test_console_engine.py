@@ -19,7 +19,7 @@ from engine.commands import RunExperiment
 from engine.events import EngineState
 from engine.runtime import Engine, EngineConfig
 from tests.console.conftest import notices
-from tests.engine_harness import tiny_model_dir, write_experiment  # noqa: F401  (fixture)
+from tests.engine_harness import KEEP_CHANGING, tiny_model_dir, write_experiment  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 DEADLINE = 90.0  # seconds; only a bound for a stuck engine, never a performance claim
@@ -34,17 +34,6 @@ TRIPLE = """
         ctx.step("tripled")
 """
 
-KEEP_CHANGING = """
-    import torch
-
-    def run(ctx):
-        weight = ctx.model.model.layers[1].mlp.up_proj.weight
-        while True:
-            with torch.no_grad():
-                weight.mul_(1.001)
-            ctx.step("scale up_proj")
-            ctx.wait(0.02)
-"""
 
 
 def make_engine(model_dir, run_dir, experiment=None, **overrides) -> Engine:
