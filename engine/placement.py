@@ -87,12 +87,14 @@ def move_to_cpu(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def describe(model: torch.nn.Module) -> str:
-    """One line: how many parameters each device holds, e.g. "cuda:0 1.2 B, cuda:1 1.1 B"."""
+    """One line: how many parameters each device holds, e.g. "cuda:0 1.20 B, cuda:1 1.10 B"."""
     counts: dict[torch.device, int] = {}
     for p in model.parameters():
         counts[p.device] = counts.get(p.device, 0) + p.numel()
-    parts = [f"{d} {counts[d] / 1e9:.2f} B" for d in model_devices(model) if d in counts]
-    return ", ".join(parts)
+    def amount(n: int) -> str:
+        return f"{n / 1e9:.2f} B" if n >= 100_000_000 else f"{n / 1e6:.2f} M"
+
+    return ", ".join(f"{d} {amount(counts[d])}" for d in model_devices(model) if d in counts)
 
 
 def synchronize(model: torch.nn.Module) -> None:
