@@ -9,6 +9,7 @@ NVML, the sync count under `torch.cuda.set_sync_debug_mode`) is bench/gpu_check.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -16,6 +17,8 @@ import torch
 
 from engine import placement
 from engine.checkpointing import CheckpointManager
+from engine.codec import decode_event
+from engine.events import HealthSnapshot
 from engine.gauges import gpu_gauges, health_gauges
 from engine.gpu_readings import gpu_readings
 from engine.health_scan import scan_model
@@ -118,6 +121,8 @@ def test_gpu_gauges_one_per_gpu_and_none_on_the_cpu(tmp_path):
     assert [g.name for g in gauges] == ["gpu0_mem", "gpu0_util", "gpu1_mem"]
     assert [g.label for g in gauges] == ["gpu0 mem", "gpu0 util", "gpu1 mem"]
     assert gauges[1].text == "97%" and gauges[0].severity == "INFO" and gauges[2].severity != "INFO"
+    sent = HealthSnapshot(status="OK", gauges=gauges)
+    assert decode_event(json.loads(sent.to_json())).gauges == gauges  # they reach an attached console as sent
 
     assert gpu_readings([torch.device("cpu")]) == []
     health = SafetyMonitor(tmp_path).check_model_health(make_tiny_llama())
