@@ -20,7 +20,7 @@ from engine.checkpointing import CheckpointManager
 from engine.codec import decode_event
 from engine.events import HealthSnapshot
 from engine.gauges import gpu_gauges, health_gauges
-from engine.gpu_readings import gpu_readings
+from engine.gpu_readings import cuda_indices, gpu_readings
 from engine.health_scan import scan_model
 from engine.model_manager import ModelManager
 from engine.safety_monitor import SafetyMonitor
@@ -62,6 +62,10 @@ def test_offloaded_weights_are_found_and_an_offloaded_model_gathers_on_the_cpu()
 
     placement.move_to_cpu(model)
     assert not any(hasattr(m, "_hf_hook") for m in model.modules()) and placement.offloaded(model) == []
+    model.hf_device_map = {"model.embed_tokens": 0, "model.layers": 1, "model.norm": 1, "lm_head": "cpu"}
+    assert placement.offloaded(model) == ["lm_head"]  # a device map as accelerate writes it: cpu beside GPUs
+    model.hf_device_map = {"": "cpu"}
+    assert placement.offloaded(model) == []  # a CPU model is placed, not offloaded
     assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
     assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 300)
 
@@ -125,6 +129,7 @@ def test_gpu_gauges_one_per_gpu_and_none_on_the_cpu(tmp_path):
     assert decode_event(json.loads(sent.to_json())).gauges == gauges  # they reach an attached console as sent
 
     assert gpu_readings([torch.device("cpu")]) == []
+    assert cuda_indices([torch.device("cuda", 1), torch.device("cpu"), torch.device("cuda", 0)]) == [0, 1]
     health = SafetyMonitor(tmp_path).check_model_health(make_tiny_llama())
     assert health["gpus"] == [] and health["device_memory_used"] is None
     names = [g.name for g in health_gauges(health, perplexity=None, baseline_perplexity=None)]
