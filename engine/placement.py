@@ -81,8 +81,8 @@ def move_to_cpu(model: torch.nn.Module) -> torch.nn.Module:
         from accelerate.hooks import remove_hook_from_submodules
 
         remove_hook_from_submodules(model)  # offloaded weights are put back as they are detached
-    if getattr(model, "hf_device_map", None) is not None:
-        model.hf_device_map = None
+    if "hf_device_map" in vars(model):
+        del model.hf_device_map  # transformers reads any map it finds (save_pretrained, generate)
     return model.cpu()
 
 

@@ -62,6 +62,9 @@ def test_offloaded_weights_are_found_and_an_offloaded_model_gathers_on_the_cpu()
 
     placement.move_to_cpu(model)
     assert not any(hasattr(m, "_hf_hook") for m in model.modules()) and placement.offloaded(model) == []
+    model.hf_device_map = {"": 0}
+    placement.move_to_cpu(model)
+    assert not hasattr(model, "hf_device_map")
     model.hf_device_map = {"model.embed_tokens": 0, "model.layers": 1, "model.norm": 1, "lm_head": "cpu"}
     assert placement.offloaded(model) == ["lm_head"]  # a device map as accelerate writes it: cpu beside GPUs
     model.hf_device_map = {"": "cpu"}
