@@ -30,6 +30,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,7 @@ class Check:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             self.add(name, f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}", ok=False)
+            traceback.print_exc()  # where it broke, for the first run on a new machine
             return None
         print(f"  {name}: {time.perf_counter() - started:.1f} s", flush=True)
         return result
