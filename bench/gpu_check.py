@@ -28,7 +28,6 @@ import gc
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 import traceback
 import warnings
@@ -44,42 +43,7 @@ GOAL_ROLLBACK = 0.5  # rollback bandwidth / host-to-device bandwidth, at least
 GOAL_STOP_MS = 100.0  # emergency stop latency, at most
 OOM_SLACK = 256 << 20  # bytes still allocated at the retry beyond what was before the failed attempt
 
-FORWARD_LOOP = """
-    import torch
-
-    def run(ctx):
-        ids = torch.randint(0, ctx.model.config.vocab_size, (ctx.options["batch"], ctx.options["seq"]), device=ctx.device)
-        with torch.no_grad():
-            ctx.model(input_ids=ids)
-            ctx.log("forwarding")
-            while True:
-                ctx.model(input_ids=ids)
-"""
-
-ALLOCATE_UNTIL_OOM = """
-    import torch
-
-    def run(ctx):
-        device = torch.device(ctx.device)
-        cuda = device.type == "cuda"
-        used = (lambda: torch.cuda.memory_allocated(device)) if cuda else (lambda: 0)
-        if ctx.restarts:
-            ctx.log(f"oom_retry {used()}")
-            return
-        ctx.log(f"oom_before {used()}")
-        blocks = []
-        try:
-            if cuda:
-                while True:
-                    blocks.append(torch.empty(1 << 30, dtype=torch.uint8, device=device))
-            blocks = [torch.ones(16 << 20, dtype=torch.uint8) for _ in range(4)]
-            torch.empty(1 << 50, dtype=torch.uint8)  # more than any machine has: the CPU allocator fails
-        except RuntimeError as exc:
-            ctx.log(f"oom_peak {used()} blocks {len(blocks)}")
-            if isinstance(exc, torch.OutOfMemoryError):
-                raise
-            raise torch.OutOfMemoryError(f"the CPU allocator failed: {exc}") from None
-"""
+EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 
 
 # -- the engine calls this check makes, in one place (point them at new functions when they land) -----------
@@ -316,7 +280,7 @@ def check_checkpoints(check: Check, model, directory: Path, limits) -> None:
     started = time.perf_counter()
     manager.save_checkpoint({"purpose": "gpu_check incremental"})
     check.add("incremental save (one layer changed)", f"{time.perf_counter() - started:.2f} s",
-              goal=f"{changed / 1e6:.0f} MB changed")
+              goal=f"{changed / 1e6:.2f} MB changed")
 
     manager.hold_in_memory(first)
     pinned = snapshot_page_locked(manager)
@@ -345,14 +309,11 @@ def _must(ok: bool, manager) -> None:
 
 
 def check_engine(check: Check, model_dir: Path, run_dir: Path, device_arg: str, dtype: str, small: bool) -> None:
+    from engine import placement
     from engine.commands import RunExperiment
     from engine.events import EngineState, HealthSnapshot, LogLine, RunOutcome
     from engine.runtime import Engine
 
-    scripts = run_dir.parent / "experiments"
-    scripts.mkdir(parents=True, exist_ok=True)
-    (scripts / "forward_loop.py").write_text(textwrap.dedent(FORWARD_LOOP))
-    (scripts / "oom.py").write_text(textwrap.dedent(ALLOCATE_UNTIL_OOM))
     batch, seq = (2, 32) if small else (8, 512)
     engine = Engine(engine_config(model_dir, run_dir, device_arg, dtype, batch, seq))
     seen: list = []
@@ -372,7 +333,7 @@ def check_engine(check: Check, model_dir: Path, run_dir: Path, device_arg: str, 
         """Start an experiment; returns where its events begin in `seen`."""
         wait(lambda: engine.state == EngineState.IDLE, "idle before an experiment")
         since = len(seen)
-        engine.submit(RunExperiment(path=str(scripts / script)))
+        engine.submit(RunExperiment(path=str(EXPERIMENTS / script)))
         return since
 
     def outcome(since: int, what: str):
@@ -389,7 +350,7 @@ def check_engine(check: Check, model_dir: Path, run_dir: Path, device_arg: str, 
         if engine.state == EngineState.ERROR:
             raise RuntimeError(f"engine failed to start: {engine.error}")
         core = engine.core
-        cuda = [d for d in _devices(core.model) if d.type == "cuda"]
+        cuda = [d for d in placement.model_devices(core.model) if d.type == "cuda"]
         names = [g.name for g in fresh_health(len(seen)).gauges if g.name.startswith("gpu")]
         want = [f"gpu{d.index}_mem" for d in cuda]
         check.add("engine gauges per GPU", " ".join(names) or "none (no GPU)", goal=" ".join(want) or "none",
@@ -414,7 +375,7 @@ def check_engine(check: Check, model_dir: Path, run_dir: Path, device_arg: str, 
         check.add("  ... until the device is idle, worst", f"{max(drained):.1f} ms")
 
         free_before = torch.cuda.mem_get_info(cuda[0])[0] if cuda else 0
-        ended = outcome(run("oom.py"), "the out-of-memory run")
+        ended = outcome(run("allocate_until_oom.py"), "the out-of-memory run")
         if not (logged("oom_peak") and logged("oom_retry")):
             raise RuntimeError(f"no retry after the out-of-memory: outcome {ended.outcome} ({ended.detail}), "
                                f"engine {engine.state.value}")
@@ -434,12 +395,6 @@ def check_engine(check: Check, model_dir: Path, run_dir: Path, device_arg: str, 
                   goal="idle, finished", ok=engine.state == EngineState.IDLE and ended.outcome == "finished")
     finally:
         engine.shutdown()
-
-
-def _devices(model):
-    from engine import placement
-
-    return placement.model_devices(model)
 
 
 def print_table(check: Check, title: str) -> None:
