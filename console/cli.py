@@ -87,7 +87,7 @@ def console_parser() -> argparse.ArgumentParser:
     parser.add_argument("--readonly", action="store_true",
                         help="observe only: no experiment runs, save/restore/stop/pause are hidden and refused, "
                         "nothing is written to the run directory")
-    parser.add_argument("--device", metavar="DEV", help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    parser.add_argument("--device", metavar="DEV", help="torch device: cuda, cuda:1, cpu, or auto (spread over every visible GPU) (default: cuda if available)")
     parser.add_argument("--dtype", metavar="DTYPE", help="model dtype: bfloat16, float16, float32 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--no-forensic", action="store_true",
                         help="on emergency stop, do not keep the rolled-back-from state as a forensic checkpoint")

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a local Hugging Face directory, a hub id in the local cache, or 'demo' (default)")
     parser.add_argument("--run-dir", default=None, metavar="DIR",
                         help="where checkpoints, memory and the alert journal go (default: per model, in the data dir)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ..., or auto: spread over every visible GPU (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 ... (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop the experiment after N steps")
     parser.add_argument("--tokenizer", default=None, metavar="PATH",

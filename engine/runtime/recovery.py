@@ -15,6 +15,7 @@ import torch
 
 from engine.benchmarks import save_baseline_metrics
 from engine.events import EngineState
+from engine.placement import move_to_cpu
 from engine.store.metadata import checkpoint_metadata
 
 
@@ -143,6 +144,6 @@ class RecoveryActions:
         return on_cuda
 
     def move_model_to_cpu(self) -> None:
-        self._core.model.cpu()
+        move_to_cpu(self._core.model)  # a spread model's accelerate hooks go too
         torch.cuda.empty_cache()
         self._core.device = torch.device("cpu")
