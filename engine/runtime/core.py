@@ -364,10 +364,16 @@ class EngineCore:
         return self.journal
 
     def bind_model(self) -> None:
-        """Take the model, tokenizer, device and dtype from the model manager."""
+        """Take the model, tokenizer, device and dtype from the model manager.
+
+        The device is where the model's weights are, not where the manager was asked to put
+        them: after a CPU fallback they differ until the manager is told (recovery does so).
+        """
+        from engine.benchmarks import model_device
+
         self.model = self.manager.model
         self.tokenizer = self.manager.tokenizer
-        self.device = self.manager.device
+        self.device = model_device(self.model)
         self.dtype = self.manager.dtype
 
     def rebind_after_reload(self) -> None:
