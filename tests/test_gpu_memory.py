@@ -12,8 +12,10 @@ import weakref
 import pytest
 import torch
 
+from engine.commands import RunExperiment
 from engine.device_memory import forget_exception, free_memory, is_out_of_memory
-from engine.events import EngineStateChanged, LogLine
+from engine.events import EngineState, EngineStateChanged, LogLine, RollbackMemory
+from engine.rollback_memory import auto_budget, parse_rollback_memory, plan_rollback_memory
 from tests.engine_harness import engines, tiny_model_dir, write_experiment  # noqa: F401
 
 
@@ -111,3 +113,72 @@ def test_free_memory_measures_what_a_dropped_cuda_tensor_gave_back():
         caught = forget_exception(exc)
     freed = free_memory(caught)
     assert probe[0]() is None and freed.freed >= 256 << 20 and freed.returned >= 256 << 20
+
+
+# -- the host snapshot's budget (--rollback-memory) ------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("16G", 16 << 30), ("512M", 512 << 20), ("1.5T", int(1.5 * (1 << 40))), ("16GiB", 16 << 30),
+    ("16gb", 16 << 30), ("64k", 64 << 10), ("1048576", 1 << 20), (" auto ", "auto"), ("OFF", "off"), (None, "auto"),
+])
+def test_rollback_memory_sizes_parse(text, expected):
+    assert parse_rollback_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "-5G", "16Q", "", "1e9", True])
+def test_a_bad_rollback_memory_is_refused_naming_the_option(text):
+    with pytest.raises(ValueError, match="--rollback-memory"):
+        parse_rollback_memory(text)
+
+
+def test_the_budget_decides_and_says_why():
+    gib = 1 << 30
+    # auto: available less room for the OS (10% of the total, at least 2 GiB) less the staging pool
+    assert auto_budget(available=100 * gib, total=128 * gib, staging=4 * gib) == 100 * gib - int(12.8 * gib) - 4 * gib
+    assert auto_budget(available=10 * gib, total=8 * gib) == 8 * gib
+    assert auto_budget(available=gib, total=16 * gib) == 0
+    fits = plan_rollback_memory("auto", 14 * gib, pinned=True, memory=(64 * gib, 128 * gib))
+    assert fits.on and fits.describe().startswith("fast rollback: on, 14.0 GiB pinned")
+    huge = plan_rollback_memory("64G", 140 * gib)
+    assert not huge.on and huge.describe().startswith(
+        "fast rollback: off: the model (140.0 GiB) exceeds the budget (64.0 GiB, --rollback-memory 64G)")
+    assert "rollback reads the verified disk checkpoint" in huge.describe()
+    off = plan_rollback_memory("off", 1)
+    assert not off.on and off.budget is None and "(--rollback-memory off)" in off.describe()
+    assert plan_rollback_memory(14 * gib, 14 * gib).on  # exactly the budget fits
+
+
+DAMAGE_THEN_WAIT = """
+    import torch
+
+    def run(ctx):
+        ctx.log(f"held: {ctx.checkpoints.memory_snapshot_id}")
+        with torch.no_grad():
+            ctx.model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+            ctx.model.model.layers[1].self_attn.q_proj.weight[0, 0] = float("nan")
+        ctx.step("damaged")
+"""
+
+
+def test_a_model_over_the_budget_is_rolled_back_bit_exactly_from_disk(engines, tiny_model_dir, tmp_path):  # noqa: F811
+    experiment = write_experiment(tmp_path, DAMAGE_THEN_WAIT)
+    driver = engines(tiny_model_dir, tmp_path / "run", rollback_memory="1K", experiment_options={"auto_restart": False})
+    plan = driver.of(RollbackMemory)[-1]
+    assert not plan.on and plan.budget_bytes == 1024 and plan.model_bytes > 1024
+    assert plan.message.startswith("fast rollback: off: the model (") and "exceeds the budget (1.0 KiB" in plan.message
+    checkpoints = driver.core.checkpoints
+    assert checkpoints.memory_snapshot_id is None and checkpoints.memory_snapshot_bytes == 0
+    before = {name: t.detach().clone() for name, t in driver.core.model.state_dict().items()}
+    driver.engine.submit(RunExperiment(path=str(experiment)))
+    assert driver.wait_outcome() == "rolled_back", driver.alert_messages()
+    assert "held: None" in [e.text for e in driver.of(LogLine)]
+    after = driver.core.model.state_dict()
+    assert all(torch.equal(before[name].view(torch.uint8), after[name].detach().view(torch.uint8)) for name in before)
+    assert checkpoints.memory_snapshot_id is None  # still nothing held after the disk restore
+
+
+def test_a_bad_rollback_memory_stops_the_engine_with_the_option_named(engines, tiny_model_dir, tmp_path):  # noqa: F811
+    driver = engines(tiny_model_dir, tmp_path / "run", rollback_memory="lots")
+    assert driver.engine.state == EngineState.ERROR
+    assert "--rollback-memory" in (driver.engine.error or "")
