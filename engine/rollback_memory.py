@@ -50,6 +50,21 @@ def parse_rollback_memory(value: str | int | None) -> str | int:
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
+def rollback_memory_argument(text: str) -> str | int:
+    """argparse `type=` for the option: a bad value is a usage error naming the option."""
+    import argparse
+
+    try:
+        return parse_rollback_memory(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{OPTION}: ")) from None
+
+
+HELP = ("host memory for fast rollback's copy of the model: SIZE (16G, 512M; powers of 1024), auto (what fits "
+        "in free host memory, leaving room for the OS and the staging pool; default) or off. A model larger than "
+        "the budget is rolled back from the verified disk checkpoint")
+
+
 def auto_budget(available: int, total: int, staging: int = 0) -> int:
     """What fits: `available` host bytes less room for the OS and the staging pool (never below 0)."""
     room = max(OS_ROOM_MIN, int(total * OS_ROOM_FRACTION))

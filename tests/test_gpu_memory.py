@@ -7,11 +7,14 @@ proven with weak references to the tensors the failed attempts held in their fra
 
 from __future__ import annotations
 
+import json
 import weakref
 
 import pytest
 import torch
 
+from console.console_state import ConsoleState
+from engine.codec import decode_event
 from engine.commands import RunExperiment
 from engine.device_memory import forget_exception, free_memory, is_out_of_memory
 from engine.events import EngineState, EngineStateChanged, LogLine, RollbackMemory
@@ -53,7 +56,8 @@ def exc_is_bare(exc: BaseException) -> bool:
 # The engine plays a CUDA engine (its device says cuda), so attempt 2 takes the CPU fallback;
 # attempt 3 reloads the weights from disk and reports the devices.
 OOM_TWICE = """
-    import weakref
+    import json
+import weakref
     import torch
 
     def deeper(ctx, probes):
@@ -176,9 +180,33 @@ def test_a_model_over_the_budget_is_rolled_back_bit_exactly_from_disk(engines, t
     after = driver.core.model.state_dict()
     assert all(torch.equal(before[name].view(torch.uint8), after[name].detach().view(torch.uint8)) for name in before)
     assert checkpoints.memory_snapshot_id is None  # still nothing held after the disk restore
+    assert_console_shows(plan)
+
+
+def assert_console_shows(plan: RollbackMemory) -> None:
+    """Headless prints it as a JSON line; a console (replayed or attached) decodes it into its alert stream."""
+    decoded = decode_event(json.loads(plan.to_json()))
+    assert decoded == plan
+    state = ConsoleState()
+    batch = state.apply_all([decoded])
+    assert state.rollback_memory == plan and "header" in batch.changed
+    assert [(e.source, e.text) for e in state.stream] == [("memory", plan.message)]
 
 
 def test_a_bad_rollback_memory_stops_the_engine_with_the_option_named(engines, tiny_model_dir, tmp_path):  # noqa: F811
     driver = engines(tiny_model_dir, tmp_path / "run", rollback_memory="lots")
     assert driver.engine.state == EngineState.ERROR
     assert "--rollback-memory" in (driver.engine.error or "")
+
+
+def test_both_command_lines_take_the_option_and_refuse_a_bad_one(capsys):
+    from console.cli import console_parser
+    from engine.runtime.headless import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(["--rollback-memory", "512M"])).rollback_memory == 512 << 20
+    assert config_from_args(build_parser().parse_args([])).rollback_memory == "auto"
+    assert console_parser().parse_args(["--rollback-memory", "off"]).rollback_memory == "off"
+    with pytest.raises(SystemExit) as exit_info:
+        console_parser().parse_args(["--rollback-memory", "plenty"])
+    assert exit_info.value.code == 2
+    assert "argument --rollback-memory: 'plenty' is not a size" in capsys.readouterr().err
