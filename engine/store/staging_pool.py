@@ -10,6 +10,9 @@ the very same buffers back), owns at most `limit` bytes, and hands its memory ba
 Buffers are pinned where CUDA offers page-locked memory, plain host memory otherwise (CPU-only
 torch has no `pin_memory`); the lending logic is the same. Beyond the limit a save still gets
 a buffer, a plain one the pool does not keep (the copy into it is synchronous, never wrong).
+So for a model larger than the limit, part of the held copy is in ordinary memory, and a
+rollback of those tensors is a synchronous copy: raise the limit (`configure_staging_pool`)
+where host memory allows, e.g. to the model's size for the fastest rollback.
 
 The held fast-rollback copy (engine/store/snapshot.py) and the pool trade buffers in
 `settle()`: a staged buffer the new snapshot keeps leaves the pool, and a buffer the old
