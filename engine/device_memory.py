@@ -22,9 +22,12 @@ import torch
 from engine.units import human_bytes
 
 
+_TORCH_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch.OutOfMemoryError: torch >= 2.5
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """A device allocator's out-of-memory (torch.OutOfMemoryError, CUDA or CPU) or Python's MemoryError."""
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+    return isinstance(exc, (_TORCH_OOM, MemoryError))
 
 
 @dataclass(frozen=True)

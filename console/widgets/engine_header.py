@@ -1,4 +1,5 @@
-"""The one-line header: engine state, role when attached, model, device, where rollback reads, experiment and step, uptime."""
+"""The one-line header: engine state, role when attached, model, device, where rollback reads,
+experiment and step, uptime."""
 
 from __future__ import annotations
 

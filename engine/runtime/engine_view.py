@@ -80,7 +80,8 @@ class EngineView:
         out: list[ev.Event] = []
         out.extend(earlier_alerts)
         out.extend(self.alerts)
-        for item in (self.rollback_memory, self.checkpoints, self.coupling, *self.health, *self.progress.values(), self.step, self.state):
+        for item in (self.rollback_memory, self.checkpoints, self.coupling, *self.health, *self.progress.values(),
+                     self.step, self.state):
             if item is not None:
                 out.append(item)
         return out
