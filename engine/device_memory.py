@@ -99,7 +99,7 @@ class FreedMemory:
 
     def describe(self) -> str:
         if self.freed is None:
-            return "Collected garbage (no CUDA device: nothing to measure)"
+            return "Collected garbage (CUDA not in use: nothing to measure)"
         return (f"Cleared the CUDA cache and collected garbage: {human_bytes(self.freed)} of tensors freed "
                 f"({human_bytes(self.allocated_before)} -> {human_bytes(self.allocated_after)} allocated), "
                 f"{human_bytes(self.returned)} returned to the driver")

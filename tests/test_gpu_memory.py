@@ -44,7 +44,7 @@ def test_forget_exception_frees_the_frames_of_the_whole_chain():
     assert exc_is_bare(context)
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory")) and not is_out_of_memory(ValueError())
     assert free_memory(caught).freed is None  # no CUDA here: nothing measured, and said so
-    assert "no CUDA" in free_memory(caught).describe()
+    assert "CUDA not in use" in free_memory(caught).describe()
 
 
 def exc_is_bare(exc: BaseException) -> bool:
@@ -56,8 +56,7 @@ def exc_is_bare(exc: BaseException) -> bool:
 # The engine plays a CUDA engine (its device says cuda), so attempt 2 takes the CPU fallback;
 # attempt 3 reloads the weights from disk and reports the devices.
 OOM_TWICE = """
-    import json
-import weakref
+    import weakref
     import torch
 
     def deeper(ctx, probes):
@@ -96,7 +95,7 @@ def test_out_of_memory_frees_each_failed_attempt_and_the_cpu_fallback_sticks(eng
     alerts = driver.alert_messages()
     assert any("MemoryError" in m and "attempt 1 of 3" in m for m in alerts)
     assert any("OutOfMemoryError: CUDA out of memory. Tried to allocate 80.00 GiB" in m for m in alerts)
-    assert sum("Collected garbage (no CUDA device" in m for m in alerts) == 2
+    assert sum("Collected garbage (CUDA not in use" in m for m in alerts) == 2
     assert any("moved the model to the CPU" in m for m in alerts)
     fallback = next(i for i, m in enumerate(driver.events) if "moved the model to the CPU" in getattr(m, "message", ""))
     assert {e.device for e in driver.events[fallback:] if isinstance(e, EngineStateChanged)} == {"cpu"}
