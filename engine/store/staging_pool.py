@@ -9,10 +9,9 @@ the very same buffers back), owns at most `limit` bytes, and hands its memory ba
 
 Buffers are pinned where CUDA offers page-locked memory, plain host memory otherwise (CPU-only
 torch has no `pin_memory`); the lending logic is the same. Beyond the limit a save still gets
-a buffer, a plain one the pool does not keep (the copy into it is synchronous, never wrong).
-So for a model larger than the limit, part of the held copy is in ordinary memory, and a
-rollback of those tensors is a synchronous copy: raise the limit (`configure_staging_pool`)
-where host memory allows, e.g. to the model's size for the fastest rollback.
+a buffer of the same kind, one the pool does not keep: the held copy of a model on CUDA is
+then pinned whatever its size (rollback copies at full speed), and what the save dropped is
+cached by torch's pinned-memory allocator for the next save until `release()` empties it.
 
 The held fast-rollback copy (engine/store/snapshot.py) and the pool trade buffers in
 `settle()`: a staged buffer the new snapshot keeps leaves the pool, and a buffer the old
@@ -61,14 +60,15 @@ class StagingPool:
 
     def take(self, nbytes: int) -> torch.Tensor:
         """A uint8 host buffer of exactly `nbytes`: a free one of that size, a new one within the
-        limit (after dropping free buffers of other sizes if need be), else one the pool does not keep."""
+        limit (after dropping free buffers of other sizes if need be), else one of the same kind
+        that the pool does not keep."""
         with self._lock:
             free = self._free.get(nbytes)
             if free:
                 return free.pop()
             self._make_room(nbytes)
             keep = sum(self._owned.values()) + nbytes <= self.limit and nbytes > 0
-        buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pinned and keep)
+        buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pinned)
         if keep:
             with self._lock:
                 self._owned[buf.data_ptr()] = nbytes
@@ -95,7 +95,7 @@ class StagingPool:
         snapshot (the pool lets them go), the rest come back. `dropped` buffers (the old snapshot's, no
         longer held) are adopted while they fit and are standalone buffers of the pool's kind."""
         kept_ptrs = {b.data_ptr() for b in kept}
-        freed_pinned = lent = False
+        lent = False
         with self._lock:
             for buf in staged:
                 ptr = buf.data_ptr()
@@ -115,10 +115,6 @@ class StagingPool:
                 if adoptable and sum(self._owned.values()) + buf.nbytes <= self.limit:
                     self._owned[ptr] = buf.nbytes
                     self._free.setdefault(buf.nbytes, []).append(buf)
-                elif buf.is_pinned():
-                    freed_pinned = True
-        if freed_pinned:
-            _empty_pinned_cache()
 
     def release(self) -> None:
         """Free every buffer not lent out and give torch's cached page-locked memory back to the OS."""
