@@ -85,6 +85,7 @@ OOM_TWICE = """
 """
 
 
+@pytest.mark.slow  # three attempts, two recovery checkpoints and a reload: 2-5 s here
 def test_out_of_memory_frees_each_failed_attempt_and_the_cpu_fallback_sticks(engines, tiny_model_dir, tmp_path):  # noqa: F811
     experiment = write_experiment(tmp_path, OOM_TWICE)
     driver = engines(tiny_model_dir, tmp_path / "run", experiment=experiment, experiment_options={"batch_size": 8})
