@@ -8,6 +8,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from engine.rollback_memory import HELP as ROLLBACK_MEMORY_HELP, rollback_memory_argument
+
 EXIT_CODES = """\
 exit codes (console and replay):
   0    quit by the operator; the engine was stopped safely
@@ -89,6 +91,8 @@ def console_parser() -> argparse.ArgumentParser:
                         "nothing is written to the run directory")
     parser.add_argument("--device", metavar="DEV", help="torch device: cuda, cuda:1, cpu, or auto (spread over every visible GPU) (default: cuda if available)")
     parser.add_argument("--dtype", metavar="DTYPE", help="model dtype: bfloat16, float16, float32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--rollback-memory", default="auto", metavar="SIZE|auto|off", type=rollback_memory_argument,
+                        help=ROLLBACK_MEMORY_HELP)
     parser.add_argument("--no-forensic", action="store_true",
                         help="on emergency stop, do not keep the rolled-back-from state as a forensic checkpoint")
     parser.add_argument("--policy", default=None, metavar="FILE",
@@ -188,6 +192,7 @@ def _console(args: argparse.Namespace) -> int:
         tokenizer=str(args.tokenizer) if args.tokenizer is not None else None,
         policy_file=args.policy,
         shutdown_timeout=args.shutdown_timeout,
+        rollback_memory=args.rollback_memory,
     )
     return run_console(Engine(config), args)
 

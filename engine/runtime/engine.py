@@ -43,6 +43,7 @@ class EngineConfig:
     policy_file: str | Path | None = None  # a TOML policy over the defaults and the run dir's policy.toml
     serve: bool = False  # serve <run_dir>/engine.sock so consoles can attach (engine.runtime.server); not when readonly
     shutdown_timeout: float = 120.0  # seconds Engine.shutdown() waits for the experiment to stop and the final save
+    rollback_memory: str | int = "auto"  # host memory for fast rollback: bytes, "16G", "auto" (what fits) or "off"
 
 
 class Engine:
