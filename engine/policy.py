@@ -377,6 +377,11 @@ def strongest_action(issues: Iterable[Mapping]) -> Action:
 EDIT_RELATIVE_CHANGE_LIMIT = 1.0
 
 
+#: how the console marks an edit-journal entry: a rejected edit was caught (the gate worked), a
+#: failed one raised inside its block; both were rolled back. Committed and revert entries: none.
+EDIT_OUTCOME_SEVERITY = {"rejected": "MEDIUM", "failed": "HIGH", "reverted": "LOW"}
+
+
 def edit_checkpoint_reason(commits_since: int, max_relative: float, every: float, above: float) -> str:
     """Why the "edit_checkpoint" rule asks for a checkpoint at this commit ("" when it does not).
 
