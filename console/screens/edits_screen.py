@@ -65,8 +65,7 @@ class EditsScreen(Screen[None]):
         live = sum(1 for e in entries if e.entry == "edit" and e.outcome == "committed" and e.reverted_by is None)
         rejected = sum(1 for e in entries if e.outcome != "committed")
         self.query_one("#edits-title", Label).update(
-            f"Edit journal: {len(entries)} entries shown, {live} live, {rejected} rejected or failed"
-            "   r reverts the selected edit")
+            f"Edit journal: {len(entries)} entries shown, {live} live, {rejected} rejected or failed")
         self.query_one(EditTable).show(entries)
         self._show_selected()
 
