@@ -46,6 +46,9 @@ SAMPLES = [
     ev.CommandDone(3, "save", True, "", "checkpoint_x"),
     ev.RunOutcome("finished", "demo", 3, "done"),
     ev.HealthSnapshot("OK", gauges=(ev.Gauge("ppl", "perplexity", "12.6", "LOW", 12.6, "(+7% vs 11.8)"),)),
+    ev.EditRecorded(ev.EditInfo(2, "edit", "d\x1b", "committed", 1.0, (ev.EditTensorInfo("w", 0.1, float("inf")),),
+                                gate="g", reverted_by=3, checkpoint="c")),
+    ev.RevertPlanned(2, (3, 2), ("w",), (3,)),
 ]
 
 
