@@ -80,6 +80,9 @@ class EditsScreen(Screen[None]):
         self.refresh_edits()
 
     def action_revert(self) -> None:
+        if self.app.readonly:
+            self.notify("revert refused: this console is read-only.", title="Read-only", severity="warning")
+            return
         selected = self.query_one(EditTable).selected_id
         info = self.edits.get(selected) if selected is not None else None
         if info is None:
