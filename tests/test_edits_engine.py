@@ -78,3 +78,18 @@ def test_experiment_edits_and_a_client_reverts_with_cascade(tmp_path, engines, t
     reverts = [e.edit for e in driver.of(EditRecorded)[-2:]]
     assert [(r.entry, r.reverts) for r in reverts] == [("revert", 5), ("revert", 4)]
     db.close()
+
+
+def test_the_attach_snapshot_carries_the_newest_edits_with_reverts_marked():
+    from engine.events import EditInfo
+    from engine.runtime.engine_view import RECENT_EDITS, EngineView
+
+    view = EngineView(None, started_at=0.0)
+    for i in range(1, RECENT_EDITS + 6):
+        view.apply(EditRecorded(edit=EditInfo(id=i, entry="edit", description=f"e{i}", outcome="committed",
+                                              created=float(i))))
+    view.apply(EditRecorded(edit=EditInfo(id=RECENT_EDITS + 6, entry="revert", description="revert", outcome="committed",
+                                          created=0.0, reverts=RECENT_EDITS)))
+    shown = [e.edit for e in view.snapshot_events() if isinstance(e, EditRecorded)]
+    assert [e.id for e in shown] == list(range(7, RECENT_EDITS + 7))
+    assert next(e for e in shown if e.id == RECENT_EDITS).reverted_by == RECENT_EDITS + 6
