@@ -11,6 +11,8 @@ Model: the 24-layer benchmark Qwen2 of bench/checkpoints.py (`--quick`: 4 layers
   The "in memory" row is the transaction less that durable write, against one `clone()`
 - rollback: putting a rejected edit's matrix back, vs `copy_` of the same bytes between
   preallocated tensors; and the whole rejected edit (gate included) for reference
+- model size: the rejected edit on the full model against the same edit on a 4-layer one
+  (nothing in the per-edit path may grow with the model)
 - listing: `journal.list()` of a 10,000-edit journal
 - gate: on the trained demo model, ||dW||/||W|| and the held-out perplexity after a ROME-style
   rank-one edit (one key's MLP output rewritten by `alpha` times its norm) and after
@@ -39,6 +41,7 @@ import torch  # noqa: E402
 GOAL_TRANSACTION = 2.0  # transaction / clone of the touched bytes, at most
 GOAL_ROLLBACK = 1.5  # rollback / copy_ of the touched bytes, at most
 GOAL_LIST_S = 0.100  # listing 10,000 edits, at most
+GOAL_MODEL_SIZE = 1.5  # a per-edit cost on the full model / on a 4-layer one, at most (noise, not growth)
 
 
 def best(fn, rounds: int) -> float:
@@ -120,8 +123,22 @@ def transaction_rows(layers: int, rounds: int, root: Path) -> list[tuple]:
         except EditRejected:
             pass
 
-    rows.append(("rejected edit incl. the edit", best(rejected, rounds * 3), t_copy, nbytes, None))
+    t_rejected = best(rejected, rounds * 3)
+    rows.append(("rejected edit incl. the edit", t_rejected, t_copy, nbytes, None))
     journal.close()
+    if layers > 4:  # the same rejected edit on a 4-layer model: per-edit cost must not grow with the model
+        small = build_model(4)
+        w_small = small.model.layers[0].mlp.down_proj.weight
+        with EditJournal(small, root / "small") as small_journal:
+            def rejected_small():
+                try:
+                    with small_journal.edit("too big"):
+                        rank_one(w_small, 5.0, g)
+                except EditRejected:
+                    pass
+
+            t_small = best(rejected_small, rounds * 3)
+        rows.append((f"rejected edit, {layers} vs 4 layers", t_rejected, t_small, nbytes, GOAL_MODEL_SIZE))
     return rows
 
 
