@@ -127,14 +127,12 @@ class EditJournal:
         except Exception as exc:  # the edit is committed; the missing checkpoint is recorded on it
             log.warning("the checkpoint after edit %s failed: %s", edit.id, exc)
             self._db.set_checkpoint(edit.id, "", f"{reason}; the checkpoint FAILED: {type(exc).__name__}: {exc}")
+            self._tell(edit.id)
             return
         self._commits_since_checkpoint = 0
         edit.checkpoint = checkpoint_id
         self._db.set_checkpoint(edit.id, checkpoint_id, reason)
-        if self.listeners:
-            record = self._db.show(edit.id)
-            for listener in list(self.listeners):
-                listener(record)
+        self._tell(edit.id)
 
     def _begin(self, edit: Edit) -> None:
         if self._owner_fd is None:
@@ -150,11 +148,19 @@ class EditJournal:
     def _add(self, *args, **kwargs) -> int:
         """Write one journal entry (JournalDB.add) and tell the listeners."""
         entry_id = self._db.add(*args, **kwargs)
-        if self.listeners:
-            record = self._db.show(entry_id)
-            for listener in list(self.listeners):
-                listener(record)
+        self._tell(entry_id)
         return entry_id
+
+    def _tell(self, entry_id: int) -> None:
+        """Tell the listeners about an entry; one that fails is logged (the entry is written)."""
+        if not self.listeners:
+            return
+        record = self._db.show(entry_id)
+        for listener in list(self.listeners):
+            try:
+                listener(record)
+            except Exception:
+                log.exception("an edit-journal listener failed on entry %s", entry_id)
 
     # -- reading ------------------------------------------------------------------------------
 

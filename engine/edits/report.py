@@ -22,6 +22,8 @@ def _gate_line(gate: dict) -> str:
         parts.append(str(gate["baseline_rule"]))
     if "probe" in gate:
         parts.append(f"probe {gate['probe']}")
+    if "checkpoint_reason" in gate:
+        parts.append(f"checkpoint: {gate['checkpoint_reason']}")
     if "verified" in gate:
         parts.append(str(gate["verified"]))
     return "; ".join(parts)

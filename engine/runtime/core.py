@@ -385,7 +385,12 @@ class EngineCore:
         metadata = checkpoint_metadata(CheckpointState.EDIT, f"after edit {edit_id} ({reason})",
                                        health=self.health.label(), tags=[CheckpointState.EDIT, f"edit-{edit_id}"],
                                        edit_id=edit_id)
-        return self.save_checkpoint(metadata, hold=False)
+        try:
+            return self.save_checkpoint(metadata, hold=False)
+        except Exception as exc:
+            self.alert("HIGH", f"The checkpoint the policy asked for after edit {edit_id} failed: {exc}. "
+                               "The edit is committed and revertible; save a checkpoint by hand (s).")
+            raise
 
     def publish_recent_edits(self) -> None:
         """The run directory's recent journal entries (earlier engines' edits), for the Edits screen."""
