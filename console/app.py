@@ -25,6 +25,7 @@ from console.console_state import Batch, ConsoleState
 from console.event_source import EventSource, attachment, describe, is_readonly
 from console.screens.compare_view import CompareView
 from console.screens.confirm import quit_question, restore_question
+from console.screens.edits_screen import EditsChanged, EditsScreen, RevertPlanArrived
 from console.screens.help_screen import HelpScreen
 from console.screens.main_screen import MainScreen
 from console.screens.save_dialog import SaveDialog
@@ -164,6 +165,12 @@ class RedlineApp(App[int], inherit_bindings=False):
             main.coupling.show(self.state.coupling)
         if "progress" in changed:
             main.progress.show(self.state.progress)
+        if "edits" in changed or batch.plans:
+            for screen in self.screen_stack:
+                if isinstance(screen, EditsScreen):
+                    screen.post_message(EditsChanged())
+                    for plan in batch.plans:
+                        screen.post_message(RevertPlanArrived(plan))
         for comparison in batch.comparisons:
             self._answer_comparison((comparison.checkpoint_a, comparison.checkpoint_b), comparison)
         for done in batch.done:
@@ -334,6 +341,10 @@ class RedlineApp(App[int], inherit_bindings=False):
 
     def action_panel(self, step: int) -> None:
         self.main.cycle_panel(step)
+
+    def action_edits(self) -> None:
+        if not isinstance(self.screen, EditsScreen):
+            self.push_screen(EditsScreen())
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

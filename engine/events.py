@@ -275,3 +275,50 @@ class RollbackMemory(Event):
     budget_bytes: int = -1  # -1: off by the option
     message: str = ""  # "fast rollback: on, 14.2 GiB pinned (...)" or why it is off
     time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class EditTensorInfo:
+    """One tensor an edit touched, as the Edits screen lists it (not an event by itself)."""
+
+    name: str
+    delta_norm: float | None = None  # ||W_after - W_before||; None for a rolled-back edit's unmeasured tensor
+    relative: float | None = None  # delta_norm / ||W_before||
+
+
+@dataclass(frozen=True, slots=True)
+class EditInfo:
+    """One entry of the edit journal (engine.edits): an edit or a revert (not an event by itself)."""
+
+    id: int
+    entry: str  # "edit" | "revert"
+    description: str
+    outcome: str  # "committed" | "rejected" | "failed"
+    created: float  # epoch seconds
+    tensors: tuple[EditTensorInfo, ...] = ()
+    reasons: tuple[str, ...] = ()  # why the gate rejected it (or what failed)
+    gate: str = ""  # what the gate checked, one line
+    reverts: int | None = None  # a revert entry: the edit it undid
+    reverted_by: int | None = None  # an edit: the revert entry that undid it
+    checkpoint: str = ""  # the checkpoint the policy asked for at commit ("" none)
+
+
+@dataclass(frozen=True, slots=True)
+class EditRecorded(Event):
+    """A journal entry was written (or, at start, an earlier one is replayed); a revert also marks its edit."""
+
+    kind: ClassVar[str] = "edit"
+    edit: EditInfo
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class RevertPlanned(Event):
+    """Answer to a PlanRevert command: what reverting one edit would change."""
+
+    kind: ClassVar[str] = "revert_plan"
+    edit_id: int
+    edits: tuple[int, ...] = ()  # what a revert undoes, newest first, the edit itself last
+    tensors: tuple[str, ...] = ()  # every tensor those edits touched
+    later: tuple[int, ...] = ()  # later edits that touched the same tensors: reverted too (cascade)
+    time: float = field(default_factory=_now)

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import torch
 
 from engine.commands import Shutdown
-from engine.events import Alert, CommandDone, EngineState, EngineStateChanged, Progress, RollbackMemory, RunOutcome
+from engine.events import (Alert, CommandDone, EditRecorded, EngineState, EngineStateChanged, Progress,
+                           RollbackMemory, RunOutcome)
 from engine.fsutil import secure_mkdir
 from engine.policy import Severity
 from engine.policy_file import PolicyError
@@ -305,6 +306,7 @@ class EngineCore:
         self.inspector = WeightInspector(self.model, config.model)
         if not readonly:
             self.open_memory()
+            self.publish_recent_edits()
         checkpoint_dir = self.run_dir / "checkpoints"
         if not readonly:
             self.checkpoints = CheckpointManager(self.model, checkpoint_dir, memory_budget=self.rollback_budget())
@@ -383,9 +385,44 @@ class EngineCore:
             self.journal = None
         if self.journal is None:
             from engine.edits import EditJournal
+            from engine.edits.report import edit_info
 
-            self.journal = EditJournal(self.model, self.run_dir)
+            p = self.detection.policy
+            on = p.enabled.get("edit_checkpoint", True)
+            self.journal = EditJournal(
+                self.model, self.run_dir, rules=self.edit_gate_rules, tokenizer=self.tokenizer,
+                checkpoint=self.checkpoint_for_edit if self.checkpoints is not None else None,
+                checkpoint_every=int(p.param("edit_checkpoint", "every")) if on else 0,
+                checkpoint_above=p.param("edit_checkpoint", "above") if on else 0.0)
+            self.journal.listeners.append(lambda record: self.publish(EditRecorded(edit=edit_info(record))))
         return self.journal
+
+    def edit_gate_rules(self) -> Any:
+        """The edit gate's rules under the run's policy: the baseline rule while the run has baseline statistics."""
+        from engine.edits.gate import GateRules
+
+        p, detector = self.detection.policy, self.detection.detector
+        baseline = detector.baseline if detector is not None and p.enabled.get("baseline_departure", True) else None
+        return GateRules(baseline=baseline, departure_limit=p.param("baseline_departure", "high"))
+
+    def checkpoint_for_edit(self, edit_id: int, reason: str) -> str:
+        """The checkpoint the edit_checkpoint policy asked for when edit `edit_id` committed."""
+        metadata = checkpoint_metadata(CheckpointState.EDIT, f"after edit {edit_id} ({reason})",
+                                       health=self.health.label(), tags=[CheckpointState.EDIT, f"edit-{edit_id}"],
+                                       edit_id=edit_id)
+        try:
+            return self.save_checkpoint(metadata, hold=False)
+        except Exception as exc:
+            self.alert("HIGH", f"The checkpoint the policy asked for after edit {edit_id} failed: {exc}. "
+                               "The edit is committed and revertible; save a checkpoint by hand (s).")
+            raise
+
+    def publish_recent_edits(self) -> None:
+        """The run directory's recent journal entries (earlier engines' edits), for the Edits screen."""
+        from engine.edits.report import recent_edits
+
+        for event in recent_edits(self.run_dir):
+            self.publish(event)
 
     def bind_model(self) -> None:
         """Take the model, tokenizer, device and dtype from the model manager.
