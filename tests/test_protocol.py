@@ -37,6 +37,7 @@ def sample_events() -> list[ev.Event]:
         ev.EditRecorded(edit=ev.EditInfo(id=3, entry="edit", description="d", outcome="rejected", created=1.5,
                                          tensors=(ev.EditTensorInfo("w", 0.5, None),), reasons=("r",), reverts=None)),
         ev.RevertPlanned(edit_id=3, edits=(4, 3), tensors=("w",), later=(4,)),
+        ev.RollbackMemory(on=False, model_bytes=140 << 30, budget_bytes=64 << 30, message="fast rollback: off"),
     ]
 
 
