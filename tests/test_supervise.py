@@ -161,3 +161,71 @@ def test_emergency_stop_from_a_console_in_the_middle_of_a_forward_pass(tmp_path)
     assert_same(restored, checkpoint_on_disk(run_dir, stopped.value.checkpoint))
     assert any(not torch.equal(restored[name], changed[name]) for name in changed)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_guides_continuous_monitoring_loop_runs_with_only_the_with_line_added(tmp_path, capsys):
+    from engine.safety_monitor import SafetyMonitor
+
+    model = make_tiny_qwen2()
+    safety = SafetyMonitor()
+    checkpointer = CheckpointManager(model, tmp_path / "own-checkpoints")
+    baseline_id = checkpointer.save_checkpoint({"purpose": "the script's own baseline"})
+    original = weights(model)
+    num_epochs = 5
+
+    def modify_layer(epoch: int) -> None:
+        with torch.no_grad():
+            model.model.layers[1].mlp.up_proj.weight.mul_(1.01)
+            if epoch == 2:
+                model.model.layers[1].mlp.up_proj.weight[0, 0] = float("inf")
+
+    run_dir = tmp_path / "run"
+    supervision = supervise(model, run_dir=run_dir)
+    with supervision as ctx:  # the only line added to the guide's loop
+        # Monitor during modification loop
+        for epoch in range(num_epochs):
+            # Make modification
+            modify_layer(epoch)
+
+            # Check health
+            result = safety.check_model_health(model)
+
+            if result['status'] == 'CRITICAL':
+                print("🚨 CRITICAL ISSUE DETECTED")
+                # Automatic rollback
+                checkpointer.restore_checkpoint(baseline_id)
+                break
+            elif result['status'] == 'WARNING':
+                print(f"⚠️  WARNING: {result['message']}")
+                # Log but continue
+    assert epoch == 2 and "CRITICAL ISSUE DETECTED" in capsys.readouterr().out
+    assert ctx.stopped is None
+    assert_same(weights(model), original)
+    published = supervision.engine.drain_events()
+    assert [e.outcome for e in published if isinstance(e, ev.RunOutcome)] == ["finished"]
+    states = [c["metadata"]["state"] for c in CheckpointManager(make_tiny_qwen2(), run_dir / "checkpoints").list_checkpoints()]
+    assert states == ["baseline", "shutdown"]
+
+
+def test_redline_stop_ends_a_loop_that_never_calls_step_with_the_final_checkpoint(tmp_path):
+    import threading
+
+    from engine.supervise import ShutdownRequested
+
+    model = make_tiny_qwen2()
+    run_dir = tmp_path / "run"
+    answers: list[int] = []
+    stopper = threading.Thread(target=lambda: answers.append(remote_cli.stop([str(run_dir)])))
+    with pytest.raises(ShutdownRequested) as stopped:
+        with supervise(model, run_dir=run_dir, stop_grace=0.1):
+            stopper.start()
+            deadline = time.monotonic() + DEADLINE
+            while time.monotonic() < deadline:  # pure Python: no step(), no forward pass
+                with torch.no_grad():
+                    model.model.layers[1].mlp.up_proj.weight.mul_(1.0)
+    stopper.join(DEADLINE)
+    assert answers == [0]
+    final = stopped.value.checkpoint
+    listed = CheckpointManager(make_tiny_qwen2(), run_dir / "checkpoints").list_checkpoints()
+    assert listed[-1]["id"] == final and listed[-1]["metadata"]["state"] == "shutdown"
+    assert_same(weights(model), checkpoint_on_disk(run_dir, final))
