@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -92,7 +93,7 @@ def test_nan_in_the_loop_rolls_back_and_raises_out_of_step(tmp_path):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_healthy_loop_is_quiet_listed_by_ps_serves_a_save_and_ends_with_a_final_checkpoint(tmp_path, capsys):
+def test_healthy_loop_is_quiet_listed_by_ps_serves_a_save_and_a_pause_and_ends_with_a_final_checkpoint(tmp_path, capsys):
     model = make_tiny_qwen2().train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     run_dir = tmp_path / "run"
@@ -115,8 +116,23 @@ def test_healthy_loop_is_quiet_listed_by_ps_serves_a_save_and_ends_with_a_final_
         ctx.step("train", loss=train_step(model, optimizer))
         done = wait_for(client, seen, lambda e: isinstance(e, ev.CommandDone) and e.command_id == save_id)
         assert done.ok and done.result
-        for _ in range(2):
-            ctx.step("train", loss=train_step(model, optimizer))
+        pause_id = client.submit(cmd.Pause())
+        while commands.empty():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+        def resume_once_paused():
+            wait_for(client, seen, lambda e: isinstance(e, ev.EngineStateChanged) and e.state is ev.EngineState.PAUSED)
+            client.submit(cmd.Resume())
+
+        resumer = threading.Thread(target=resume_once_paused)
+        resumer.start()
+        ctx.step("train", loss=train_step(model, optimizer))  # holds here until the console resumes
+        resumer.join(DEADLINE)
+        assert wait_for(client, seen, lambda e: isinstance(e, ev.CommandDone) and e.command_id == pause_id).ok
+        wait_for(client, seen, lambda e: isinstance(e, ev.EngineStateChanged) and e.state is ev.EngineState.RUNNING
+                 and e.detail.startswith("resumed"))
+        ctx.step("train", loss=train_step(model, optimizer))
         client.shutdown()
     published = supervision.engine.drain_events()
     loud = [e.message for e in published if isinstance(e, ev.Alert) and e.severity in ("HIGH", "CRITICAL")]
@@ -208,8 +224,6 @@ def test_the_guides_continuous_monitoring_loop_runs_with_only_the_with_line_adde
 
 
 def test_redline_stop_ends_a_loop_that_never_calls_step_with_the_final_checkpoint(tmp_path):
-    import threading
-
     from engine.supervise import ShutdownRequested
 
     model = make_tiny_qwen2()
@@ -229,3 +243,23 @@ def test_redline_stop_ends_a_loop_that_never_calls_step_with_the_final_checkpoin
     listed = CheckpointManager(make_tiny_qwen2(), run_dir / "checkpoints").list_checkpoints()
     assert listed[-1]["id"] == final and listed[-1]["metadata"]["state"] == "shutdown"
     assert_same(weights(model), checkpoint_on_disk(run_dir, final))
+
+
+def test_bad_options_and_an_unusable_policy_are_clear_errors_that_leave_nothing_served(tmp_path):
+    from engine.runtime.registry import live_engines
+    from engine.runtime.supervised_core import SupervisedStartError
+
+    model = make_tiny_qwen2()
+    with pytest.raises(TypeError, match="no option 'device': the model stays on the device"):
+        supervise(model, device="cuda")
+    with pytest.raises(TypeError, match="no option 'max_step'.*auto_checkpoint_every"):
+        supervise(model, max_step=3)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        supervise("Qwen/Qwen2.5-0.5B")
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[thresholds]\nmax_weight_valu = 3\n")
+    run_dir = tmp_path / "run"
+    with pytest.raises(SupervisedStartError, match="max_weight_valu"):
+        with supervise(model, run_dir=run_dir, policy_file=policy):
+            pytest.fail("the block must not run")
+    assert live_engines() == [] and not socket_path(run_dir).exists()

@@ -86,8 +86,9 @@ class SupervisedEngine(Engine):
                 from engine.paths import resolve_run_dir
                 from engine.runtime.server import EngineServer
 
-                self.server = EngineServer(self, resolve_run_dir(self.config.run_dir, self.config.model))
-                self.server.start()
+                server = EngineServer(self, resolve_run_dir(self.config.run_dir, self.config.model))
+                server.start()  # raises before anything is bound when another engine serves the run directory
+                self.server = server
             core.set_state(EngineState.STARTING)
             if not core.setup():
                 raise SupervisedStartError(f"the supervised engine could not start: {self.error}")
