@@ -64,6 +64,7 @@ def wait_for(client: EngineClient, seen: list, predicate):
         client.wait_events(0.1)
 
 
+@pytest.mark.slow
 def test_nan_in_the_loop_rolls_back_and_raises_out_of_step(tmp_path):
     model = make_tiny_qwen2().train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -93,6 +94,7 @@ def test_nan_in_the_loop_rolls_back_and_raises_out_of_step(tmp_path):
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_healthy_loop_is_quiet_listed_by_ps_serves_a_save_and_a_pause_and_ends_with_a_final_checkpoint(tmp_path, capsys):
     model = make_tiny_qwen2().train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -263,3 +265,25 @@ def test_bad_options_and_an_unusable_policy_are_clear_errors_that_leave_nothing_
         with supervise(model, run_dir=run_dir, policy_file=policy):
             pytest.fail("the block must not run")
     assert live_engines() == [] and not socket_path(run_dir).exists()
+
+
+def test_an_edit_then_an_exception_leaving_the_block_is_recorded_rolled_back_and_reraised(tmp_path):
+    model = make_tiny_qwen2()
+    original = weights(model)
+    run_dir = tmp_path / "run"
+    supervision = supervise(model, run_dir=run_dir)
+    with pytest.raises(ValueError, match="bad batch"):
+        with supervision as ctx:
+            with ctx.edit("scale up_proj", layer=1):
+                with torch.no_grad():
+                    model.model.layers[1].mlp.up_proj.weight.mul_(1.1)
+            ctx.step("after the edit")
+            assert [entry.description for entry in ctx.journal.list()] == ["scale up_proj"]
+            raise ValueError("bad batch")
+    published = supervision.engine.drain_events()
+    outcome = [e for e in published if isinstance(e, ev.RunOutcome)][-1]
+    assert outcome.outcome == "failed" and "bad batch" in outcome.detail
+    assert any(isinstance(e, ev.Alert) and "raised ValueError: bad batch" in e.message for e in published)
+    assert_same(weights(model), original)  # rolled back to the baseline, the newest good checkpoint
+    states = [c["metadata"]["state"] for c in CheckpointManager(make_tiny_qwen2(), run_dir / "checkpoints").list_checkpoints()]
+    assert states == ["baseline", "forensic", "shutdown"]
