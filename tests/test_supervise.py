@@ -148,6 +148,7 @@ def test_healthy_loop_is_quiet_listed_by_ps_serves_a_save_and_a_pause_and_ends_w
     assert remote_cli.ps(["--json"]) == 0 and json.loads(capsys.readouterr().out) == []
 
 
+@pytest.mark.slow
 def test_emergency_stop_from_a_console_in_the_middle_of_a_forward_pass(tmp_path):
     model = make_tiny_qwen2().train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
