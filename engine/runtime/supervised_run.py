@@ -82,14 +82,18 @@ class SupervisedRun:
         self._owner = threading.get_ident()
         self.engine.start()
         core = self.core = self.engine.core
-        self.engine._events.add_tap(self._note_restore)
-        self.ctx = SupervisedContext(core.runner, self.name, self)
-        core.runner.ctx = self.ctx
-        core.experiment_name = self.name
-        self.engine.outcome = None
-        self._hooks = [module.register_forward_pre_hook(self._stop_hook) for module in core.model.modules()]
+        try:
+            self.engine._events.add_tap(self._note_restore)
+            self.ctx = SupervisedContext(core.runner, self.name, self)
+            core.runner.ctx = self.ctx
+            core.experiment_name = self.name
+            self.engine.outcome = None
+            self._hooks = [module.register_forward_pre_hook(self._stop_hook) for module in core.model.modules()]
+            core.set_state(EngineState.RUNNING, f"supervising {self.name}")
+        except BaseException:
+            self._disarm()
+            raise
         core.supervisor.enter()
-        core.set_state(EngineState.RUNNING, f"supervising {self.name}")
         return self.ctx
 
     def _note_restore(self, event: Event) -> None:
@@ -217,10 +221,14 @@ class SupervisedRun:
                                  detail=type(exc).__name__)
             self.final_checkpoint()
         finally:
-            for handle in self._hooks:
-                handle.remove()
-            self._hooks.clear()
-            self.engine._events.remove_tap(self._note_restore)
-            core.runner.ctx = None
-            self.engine.close()
+            self._disarm()
         return instead
+
+    def _disarm(self) -> None:
+        """Remove the stop hooks and the restore tap, close the engine (the server, the registry entry)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        self.engine._events.remove_tap(self._note_restore)
+        self.core.runner.ctx = None
+        self.engine.close()
