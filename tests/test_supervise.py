@@ -85,7 +85,7 @@ def test_nan_in_the_loop_rolls_back_and_raises_out_of_step(tmp_path):
                         ctx.step("after")
                     raise
     assert isinstance(stopped.value, Stopped) and stopped.value.recovered
-    assert "NaN" in stopped.value.reason
+    assert "NaN" in stopped.value.reason and "optimizer" in str(stopped.value)  # its state is stale now
     restored = stopped.value.checkpoint
     entry = next(c for c in CheckpointManager(make_tiny_qwen2(), run_dir / "checkpoints").list_checkpoints()
                  if c["id"] == restored)

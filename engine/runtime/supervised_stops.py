@@ -17,6 +17,8 @@ class Stopped(BaseException):
     fallbacks): then `checkpoint` is "" and the model may be damaged.
     """
 
+    rolled_back = True  # the weights were restored (ShutdownRequested: saved instead)
+
     def __init__(self, reason: str, checkpoint: str = "", *, recovered: bool = True):
         super().__init__(reason)
         self.reason = reason
@@ -26,7 +28,12 @@ class Stopped(BaseException):
     def __str__(self) -> str:
         if not self.recovered:
             return f"{self.reason} (the rollback failed: the model may be damaged)"
-        return f"{self.reason} (model at checkpoint {self.checkpoint})" if self.checkpoint else self.reason
+        if not self.checkpoint:
+            return self.reason
+        if self.rolled_back:
+            return (f"{self.reason} (model rolled back to checkpoint {self.checkpoint}, gradients cleared; an "
+                    "optimizer built before holds state of the discarded weights: rebuild it to train on)")
+        return f"{self.reason} (model saved as checkpoint {self.checkpoint})"
 
 
 class EmergencyStopped(Stopped):
@@ -39,3 +46,5 @@ class RolledBack(Stopped):
 
 class ShutdownRequested(Stopped):
     """`redline stop` or a console's shutdown: the final checkpoint is `checkpoint`; nothing was rolled back."""
+
+    rolled_back = False
