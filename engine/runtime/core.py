@@ -264,7 +264,6 @@ class EngineCore:
         from engine.benchmarks import save_baseline_metrics
         from engine.checkpointing import CheckpointManager
         from engine.introspection import WeightInspector
-        from engine.model_manager import ModelManager
         from engine.paths import resolve_run_dir
         from engine.safety_monitor import SafetyMonitor
 
@@ -274,8 +273,7 @@ class EngineCore:
         self.set_state(EngineState.LOADING, f"loading {config.model}")
         try:
             parse_rollback_memory(config.rollback_memory)
-            self.manager = ModelManager(config.model, device=config.device, dtype=config.dtype,
-                                        tokenizer=config.tokenizer, progress=self.progress_callback("model"))
+            self.manager = self.open_model_manager()
             loaded = self.manager.load_model()
         except ValueError as exc:  # a nonsense device, dtype or rollback memory
             self.manager, loaded = None, False
@@ -361,6 +359,14 @@ class EngineCore:
         if self.checkpoints is not None:
             self.checkpoints.release_memory_snapshot()
         staging_pool().release()
+
+    def open_model_manager(self) -> Any:
+        """The ModelManager that loads the model (and reloads it for recovery); a seam for supervised models."""
+        from engine.model_manager import ModelManager
+
+        config = self.config
+        return ModelManager(config.model, device=config.device, dtype=config.dtype,
+                            tokenizer=config.tokenizer, progress=self.progress_callback("model"))
 
     def open_memory(self) -> None:
         """Open the run's MemorySystem; a damaged database must not keep the model unguarded."""

@@ -90,7 +90,8 @@ class EngineServer:
         self._listener = listener
         self.engine._events.add_tap(self.on_event)
         self._entry = register({"pid": os.getpid(), "socket": str(self.path), "run_dir": str(self.run_dir),
-                                         "model": str(self.engine.config.model), "started_at": self.view.started_at})
+                                         "model": str(self.engine.config.model), "started_at": self.view.started_at,
+                                         "supervised": self.engine.config.supervised})
         self._acceptor = threading.Thread(target=self._accept_loop, name="redline-server", daemon=True)
         self._acceptor.start()
 
