@@ -36,6 +36,9 @@ environment: NO_COLOR selects the monochrome theme; TEXTUAL_COLOR_SYSTEM overrid
 """
 
 
+CONSOLE_ONLY = (["attach"], ["ps"], ["stop"], ["replay"])  # commands that work without the engine's packages
+
+
 def _version() -> str:
     try:
         return version("redline")
@@ -118,6 +121,11 @@ def replay_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] not in CONSOLE_ONLY and not {"-h", "--help", "--version"} & set(argv):
+        from engine.requirements_check import engine_problem
+
+        if problem := engine_problem():  # a console-only install, or an old system torch/transformers
+            return _fail(problem)
     if argv[:1] == ["run"] and "--detach" in argv[1:]:
         from console.remote_cli import run_detached
 
