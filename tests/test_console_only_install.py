@@ -47,9 +47,18 @@ def test_the_engine_floors_are_the_engine_extra_and_the_base_holds_no_engine_pac
     assert engine_extra == ENGINE_FLOORS
     base = {requirement.partition(">=")[0].strip() for requirement in project["dependencies"]}
     assert base.isdisjoint(ENGINE_PACKAGES) and "textual" in base
+    pins = subprocess.run([sys.executable, str(ROOT / "scripts" / "floor_constraints.py")], check=True,
+                          capture_output=True, text=True).stdout.split()  # what `make test-min` installs
+    assert "transformers==4.56" in pins and "textual==" + project_floor(project, "textual") in pins
+    assert not [pin for pin in pins if pin.startswith("torch==")]  # the set-up chooses torch
+    assert len(pins) == len(project["dependencies"]) + len(ENGINE_FLOORS) - 1
 
 
-def test_every_console_module_imports_without_the_engine_packages():
+def project_floor(project: dict, name: str) -> str:
+    return next(r.partition(">=")[2] for r in project["dependencies"] if r.partition(">=")[0].strip() == name)
+
+
+def test_every_console_module_imports_without_the_engine_packages(tmp_path):
     """What `pip install redline` lacks is made unimportable; every console module must still import."""
     probe = (
         "import importlib, pkgutil, sys\n"
@@ -60,7 +69,7 @@ def test_every_console_module_imports_without_the_engine_packages():
         "from console.cli import main\n"
         "sys.exit(main(['ps', '--json']))\n"
     )
-    env = {**os.environ, "XDG_RUNTIME_DIR": "/nonexistent-redline-test", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == []
