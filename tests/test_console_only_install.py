@@ -30,8 +30,7 @@ from tests.console.test_cli_pty import DEADLINE
 from tests.engine_harness import KEEP_CHANGING, tiny_model_dir, write_experiment  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINE_PACKAGES = ("torch", "transformers", "safetensors", "accelerate", "tokenizers", "huggingface_hub", "numpy",
-                   "blake3", "xxhash", "psutil", "watchdog")
+ENGINE_PACKAGES = tuple(ENGINE_FLOORS)  # what the engine extra adds; checked against pyproject.toml below
 
 
 def pyproject() -> dict:
