@@ -12,7 +12,8 @@ EXIT_CODES = """\
 exit codes (console and replay):
   0    quit by the operator; the engine was stopped safely
   1    the console or the engine failed (the message says why)
-  2    bad command line (unknown option, missing file, unknown theme)
+  2    bad command line (unknown option, missing file, unknown theme), or the engine's packages
+       missing or too old (a console-only install: pip install 'redline[engine]')
   129  the terminal went away (SSH drop, SIGHUP); the engine was stopped safely first
   143  terminated (SIGTERM); the engine was stopped safely first
   5    the engine's final checkpoint was not written (the save failed, or the engine did not
