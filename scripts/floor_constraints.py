@@ -11,10 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    sys.exit("floor_constraints.py: needs Python 3.11 or newer (tomllib); set PYTHON=python3.11")
+import tomllib
 
 FLOOR = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*>=\s*([0-9][^,;\s]*)\s*(?:,|;|$)")
 CHOSEN_BY_SETUP = {"torch"}
