@@ -54,7 +54,9 @@ def test_the_engine_floors_are_the_engine_extra_and_the_base_holds_no_engine_pac
 
 
 def project_floor(project: dict, name: str) -> str:
-    return next(r.partition(">=")[2] for r in project["dependencies"] if r.partition(">=")[0].strip() == name)
+    """The `>=` bound of a base dependency: 'textual>=8.0,<9' -> '8.0'."""
+    requirement = next(r for r in project["dependencies"] if r.partition(">=")[0].strip() == name)
+    return requirement.partition(">=")[2].split(",")[0]
 
 
 def test_every_console_module_imports_without_the_engine_packages(tmp_path):
