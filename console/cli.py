@@ -14,7 +14,8 @@ EXIT_CODES = """\
 exit codes (console and replay):
   0    quit by the operator; the engine was stopped safely
   1    the console or the engine failed (the message says why)
-  2    bad command line (unknown option, missing file, unknown theme)
+  2    bad command line (unknown option, missing file, unknown theme), or the engine's packages
+       missing or too old (a console-only install: pip install 'redline[engine]')
   129  the terminal went away (SSH drop, SIGHUP); the engine was stopped safely first
   143  terminated (SIGTERM); the engine was stopped safely first
   5    the engine's final checkpoint was not written (the save failed, or the engine did not
@@ -36,6 +37,9 @@ keymap: a TOML file of binding id = "key" (ids listed in the help screen), e.g.
   default location: {keymap}
 environment: NO_COLOR selects the monochrome theme; TEXTUAL_COLOR_SYSTEM overrides colour depth.
 """
+
+
+CONSOLE_ONLY = (["attach"], ["ps"], ["stop"], ["replay"])  # commands that work without the engine's packages
 
 
 def _version() -> str:
@@ -122,6 +126,11 @@ def replay_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] not in CONSOLE_ONLY and not {"-h", "--help", "--version"} & set(argv):
+        from engine.requirements_check import engine_problem
+
+        if problem := engine_problem():  # a console-only install, or an old system torch/transformers
+            return _fail(problem)
     if argv[:1] == ["run"] and "--detach" in argv[1:]:
         from console.remote_cli import run_detached
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.commands import Command, EmergencyStop, Shutdown
 from engine.events import CommandDone, EngineState, Event
+from engine.requirements_check import check_engine_requirements
 from engine.runtime.event_stream import EventStream
 from engine.runtime.shutdown_result import SKIPPED, TIMED_OUT, ShutdownResult
 from engine.runtime.stop import EMERGENCY, SHUTDOWN, StopSignal
@@ -80,8 +81,10 @@ class Engine:
         """Start the engine thread (it loads the model), and its socket server when `config.serve`.
 
         Starting twice is an error, and so is serving a run directory another
-        engine already serves (engine.runtime.server.EngineServerError).
+        engine already serves (engine.runtime.server.EngineServerError); so are missing or too old
+        torch, transformers, ... (engine.requirements_check.EngineRequirementsError).
         """
+        check_engine_requirements()
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("this Engine was already started; create a new Engine to start again")
