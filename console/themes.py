@@ -1,4 +1,5 @@
-"""Redline's themes: TOML data files in console/theme_files/ (package data), turned into Textual themes.
+"""Redline's themes: TOML data files in the top-level themes/ (packaged through the console/theme_files
+link), turned into Textual themes.
 
 Each file names the Textual base colours and, under [variables], the severity
 colours the alert stream and gauges use (sev-critical … sev-info).
