@@ -46,6 +46,8 @@ class ConsoleState:
         self.checkpoints: tuple[ev.CheckpointInfo, ...] = ()
         self.disk_usage = 0
         self.coupling: ev.CouplingView | None = None
+        self.policy: ev.PolicyInfo | None = None
+        self.drift: ev.DriftMap | None = None
         self.progress: dict[str, ev.Progress] = {}
         self.step: ev.ExperimentStep | None = None
         self.comparisons: dict[tuple[str, str], ev.ComparisonReady] = {}
@@ -102,6 +104,11 @@ class ConsoleState:
         elif isinstance(event, ev.CouplingView):
             self.coupling = event
             batch.changed.add("coupling")
+        elif isinstance(event, ev.DriftMap):
+            self.drift = event
+            batch.changed.add("drift")
+        elif isinstance(event, ev.PolicyInfo):
+            self.policy = event
         elif isinstance(event, ev.Progress):
             if event.finished:
                 self.progress.pop(event.task, None)
