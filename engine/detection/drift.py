@@ -3,7 +3,9 @@
 It shows the operator where the surgery happens. Only tensors whose version
 counter moved since the last computation are recomputed (torch bumps it on
 every in-place write: optimizer steps, edits, restores), so an edit of one
-matrix costs one subtraction. The baseline values come from `read_baseline`
+matrix costs one subtraction. A write that bypasses the counter (a restore
+copies bytes straight into host tensors) shows in the health scan's
+per-tensor min, max and norm, which `update(scan)` compares too. The baseline values come from `read_baseline`
 (the engine passes CheckpointManager.tensor_reader of the baseline
 checkpoint: the held host snapshot's bytes when it has them, else that one
 verified blob); nothing is kept between computations, so drift adds no
@@ -20,7 +22,7 @@ from typing import Callable
 import torch
 
 from engine.events import LayerDrift
-from engine.health_scan import unique_named_tensors
+from engine.health_scan import ScanResult, unique_named_tensors
 from engine.policy import change_severity
 
 #: name -> the tensor's values at the baseline (host or device; dtype and shape of the live tensor)
@@ -59,29 +61,35 @@ class DriftTracker:
                 self.layers.setdefault(layer, []).append(name)
             if aliases:
                 self.tied.update(owners)
-        self.versions: dict[str, int] = {}  # tensor -> its _version when last measured
+        self.versions: dict[str, tuple] = {}  # tensor -> (_version, scan stats) when last measured
         self.relative: dict[str, float] = {name: 0.0 for name in self.tensors}
 
-    def changed(self) -> list[str]:
-        return [n for n, t in self.tensors.items() if t._version != self.versions.get(n)]
+    def signatures(self, scan: ScanResult | None) -> dict[str, tuple]:
+        stats = {s.name: s for s in scan.weights} if scan is not None else {}
+        out = {}
+        for name, tensor in self.tensors.items():
+            s = stats.get(name)
+            out[name] = (tensor._version, *(repr(v) for v in ((s.minimum, s.maximum, s.norm) if s else ())))
+        return out
 
-    def update(self) -> int:
-        """Recompute the tensors written since the last call; the number recomputed."""
-        names = self.changed()
+    def update(self, scan: ScanResult | None = None) -> int:
+        """Recompute the tensors written since the last call (by version counter, and by `scan`'s
+        statistics when given: a health scan of the model as it is now); the number recomputed."""
+        signatures = self.signatures(scan)
+        names = [n for n, sig in signatures.items() if sig != self.versions.get(n)]
         if not names:
             return 0
         by_device: dict[torch.device, tuple[list[str], list[torch.Tensor]]] = {}
         with torch.no_grad():
             for name in names:
                 tensor = self.tensors[name]
-                version = tensor._version
                 base = self.read_baseline(name).to(tensor.device, non_blocking=True)
                 pair = torch.stack([torch.linalg.vector_norm(tensor.detach() - base, dtype=torch.float32),
                                     torch.linalg.vector_norm(base, dtype=torch.float32)])
                 names_here, values = by_device.setdefault(tensor.device, ([], []))
                 names_here.append(name)
                 values.append(pair)
-                self.versions[name] = version
+                self.versions[name] = signatures[name]
             for names_here, values in by_device.values():
                 for name, (delta, norm) in zip(names_here, torch.stack(values).cpu().tolist()):
                     scale = norm if norm > 0 else self.norm_floor_rms * math.sqrt(self.tensors[name].numel())

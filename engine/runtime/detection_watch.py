@@ -93,6 +93,8 @@ class DetectionWatch:
                 cleared += 1
         if self.detector is not None:
             self.detector.forget_weights()
+        if core.drift.tracker is not None:
+            core.drift.tracker.forget()
         if cleared:
             core.alert("MEDIUM", f"Restored {checkpoint_id}: cleared the gradients of {cleared} parameters. The "
                                "experiment's optimizer state (momentum, Adam moments, learning-rate schedule) "

@@ -42,7 +42,7 @@ class DriftWatch:
                 baseline = core.detection.detector.baseline if core.detection.detector else None
                 self.tracker = DriftTracker(core.model, core.checkpoints.tensor_reader(self.baseline_id),
                                             norm_floor_rms=baseline.rms_floor if baseline else 0.0)
-            recomputed = self.tracker.update()
+            recomputed = self.tracker.update(core.safety.last_scan if core.safety is not None else None)
         except Exception as exc:  # a view must never stop the run: say why it is off, once
             core.alert("MEDIUM", f"Drift view off: the baseline checkpoint {self.baseline_id} cannot be read "
                                  f"({type(exc).__name__}: {exc})", source=SOURCE)
