@@ -34,6 +34,9 @@ def sample_events() -> list[ev.Event]:
         ev.RunOutcome(outcome="finished", experiment="e", steps=3),
         ev.LogLine(text="t"),
         ev.CommandDone(command_id=9, command="save", ok=True, result="r"),
+        ev.PolicyInfo(rules=(ev.PolicyRule("spike", False, "window=32", "CRITICAL->rollback", "m", "run dir"),),
+                      settings=(ev.PolicySetting("spike.enabled", "off", "run dir", "m"),), sources=("run dir: p",)),
+        ev.DriftMap(baseline="b", layers=(ev.LayerDrift("model.layers.0", 0.5, "t", True, "HIGH"),), step=2),
     ]
 
 
