@@ -46,6 +46,8 @@ SAMPLES = [
     ev.CommandDone(3, "save", True, "", "checkpoint_x"),
     ev.RunOutcome("finished", "demo", 3, "done"),
     ev.HealthSnapshot("OK", gauges=(ev.Gauge("ppl", "perplexity", "12.6", "LOW", 12.6, "(+7% vs 11.8)"),)),
+    ev.PolicyInfo((ev.PolicyRule("spike", True, "z=6", "CRITICAL->rollback"),), (ev.PolicySetting("z", "6"),)),
+    ev.DriftMap("b", (ev.LayerDrift("model.layers.0", float("inf"), "w", False, "CRITICAL"),)),
 ]
 
 
