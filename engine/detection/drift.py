@@ -83,9 +83,13 @@ class DriftTracker:
         with torch.no_grad():
             for name in names:
                 tensor = self.tensors[name]
-                base = self.read_baseline(name).to(tensor.device, non_blocking=True)
-                pair = torch.stack([torch.linalg.vector_norm(tensor.detach() - base, dtype=torch.float32),
-                                    torch.linalg.vector_norm(base, dtype=torch.float32)])
+                held = self.read_baseline(name)
+                base = held.to(tensor.device, non_blocking=True)
+                norm = torch.linalg.vector_norm(base, dtype=torch.float32)
+                # a copy made for this device is ours to subtract into; held bytes are never written
+                diff = base.sub_(tensor.detach()) if base is not held else tensor.detach() - base
+                pair = torch.stack([torch.linalg.vector_norm(diff, dtype=torch.float32), norm])
+                del held, base, diff
                 names_here, values = by_device.setdefault(tensor.device, ([], []))
                 names_here.append(name)
                 values.append(pair)

@@ -48,9 +48,10 @@ class DriftWatch:
                                  f"({type(exc).__name__}: {exc})", source=SOURCE)
             self.start("")
             return
-        seconds = time.perf_counter() - started
-        self.cadence.done(seconds)
         if recomputed or first:
-            self.last = DriftMap(baseline=self.baseline_id, layers=self.tracker.by_layer(), step=core.step,
+            layers = self.tracker.by_layer()
+            seconds = time.perf_counter() - started
+            self.last = DriftMap(baseline=self.baseline_id, layers=layers, step=core.step,
                                  compute_ms=seconds * 1000.0, recomputed=recomputed)
             core.publish(self.last)
+        self.cadence.done(time.perf_counter() - started)
