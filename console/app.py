@@ -28,6 +28,7 @@ from console.screens.confirm import quit_question, restore_question
 from console.screens.edits_screen import EditsChanged, EditsScreen, RevertPlanArrived
 from console.screens.help_screen import HelpScreen
 from console.screens.main_screen import MainScreen
+from console.screens.policy_screen import PolicyScreen
 from console.screens.save_dialog import SaveDialog
 from console.terminal_watch import EXIT_TERMINAL_LOST, TerminalWatch, terminal_fds
 from console.text import visible
@@ -165,6 +166,8 @@ class RedlineApp(App[int], inherit_bindings=False):
             main.coupling.show(self.state.coupling)
         if "progress" in changed:
             main.progress.show(self.state.progress)
+        if "drift" in changed:
+            main.drift.show(self.state.drift)
         if "edits" in changed or batch.plans:
             for screen in self.screen_stack:
                 if isinstance(screen, EditsScreen):
@@ -350,6 +353,10 @@ class RedlineApp(App[int], inherit_bindings=False):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.keymap))
 
+    def action_policy(self) -> None:
+        if not isinstance(self.screen, PolicyScreen):
+            self.push_screen(PolicyScreen(self.state.policy))
+
     async def action_quit(self) -> None:
         if self._shutting_down:
             self.notify("Already stopping the engine safely…")
@@ -382,6 +389,7 @@ class RedlineApp(App[int], inherit_bindings=False):
         """Colours written into the stream and table are re-drawn under the new theme."""
         self.main.alerts.show_all()
         self.main.checkpoints.redraw()
+        self.main.drift.refresh()
         if self.state.health is not None:
             self.main.gauges.show(self.state)
             self._show_header()

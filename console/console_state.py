@@ -47,6 +47,8 @@ class ConsoleState:
         self.checkpoints: tuple[ev.CheckpointInfo, ...] = ()
         self.disk_usage = 0
         self.coupling: ev.CouplingView | None = None
+        self.policy: ev.PolicyInfo | None = None
+        self.drift: ev.DriftMap | None = None
         self.progress: dict[str, ev.Progress] = {}
         self.rollback_memory: ev.RollbackMemory | None = None  # fast rollback held in memory, or why not
         self.step: ev.ExperimentStep | None = None
@@ -105,6 +107,11 @@ class ConsoleState:
         elif isinstance(event, ev.CouplingView):
             self.coupling = event
             batch.changed.add("coupling")
+        elif isinstance(event, ev.DriftMap):
+            self.drift = event
+            batch.changed.add("drift")
+        elif isinstance(event, ev.PolicyInfo):
+            self.policy = event
         elif isinstance(event, ev.Progress):
             if event.finished:
                 self.progress.pop(event.task, None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import Iterable, Mapping
 
@@ -325,6 +325,9 @@ class Policy:
     actions: Mapping[str, Mapping[str, Action]]
     enabled: Mapping[str, bool]
     sources: tuple[str, ...] = ()  # the policy files applied, in order
+    #: the file that last set each overridden value: "thresholds.NAME", "rules.RULE.PARAM",
+    #: "rules.RULE.enabled", "rules.RULE.actions.SEVERITY" -> file; values not listed are defaults
+    origins: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def default(cls) -> "Policy":

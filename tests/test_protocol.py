@@ -38,6 +38,9 @@ def sample_events() -> list[ev.Event]:
                                          tensors=(ev.EditTensorInfo("w", 0.5, None),), reasons=("r",), reverts=None)),
         ev.RevertPlanned(edit_id=3, edits=(4, 3), tensors=("w",), later=(4,)),
         ev.RollbackMemory(on=False, model_bytes=140 << 30, budget_bytes=64 << 30, message="fast rollback: off"),
+        ev.PolicyInfo(rules=(ev.PolicyRule("spike", False, "window=32", "CRITICAL->rollback", "m", "run dir"),),
+                      settings=(ev.PolicySetting("spike.enabled", "off", "run dir", "m"),), sources=("run dir: p",)),
+        ev.DriftMap(baseline="b", layers=(ev.LayerDrift("model.layers.0", 0.5, "t", True, "HIGH"),), step=2),
     ]
 
 

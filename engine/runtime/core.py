@@ -29,6 +29,7 @@ from engine.rollback_memory import parse_rollback_memory, plan_rollback_memory
 from engine.runtime.checkpoint_sync import CheckpointSync
 from engine.runtime.coupling import Coupling
 from engine.runtime.detection_watch import DetectionWatch
+from engine.runtime.drift import DriftWatch
 from engine.runtime.experiment_context import last_frame_in
 from engine.runtime.experiment_runner import ExperimentRunner
 from engine.runtime.handlers import CommandHandlers
@@ -77,6 +78,7 @@ class EngineCore:
         self.halted_at = 0.0  # perf_counter() when the last stopped experiment had unwound
         self.health = HealthWatch(self)
         self.detection = DetectionWatch(self)
+        self.drift = DriftWatch(self)
         self.sync = CheckpointSync(self)
         self.coupling = Coupling(self)
         self.runner = ExperimentRunner(self)

@@ -35,6 +35,8 @@ class EngineView:
         self.health: collections.deque[ev.HealthSnapshot] = collections.deque(maxlen=HEALTH_HISTORY)
         self.checkpoints: ev.CheckpointList | None = None
         self.coupling: ev.CouplingView | None = None
+        self.policy: ev.PolicyInfo | None = None
+        self.drift: ev.DriftMap | None = None
         self.step: ev.ExperimentStep | None = None
         self.progress: dict[str, ev.Progress] = {}
         self.alerts: collections.deque[ev.Alert] = collections.deque(maxlen=RECENT_ALERTS)
@@ -61,6 +63,10 @@ class EngineView:
             self.restores += int(event.ok)
         elif isinstance(event, ev.CouplingView):
             self.coupling = event
+        elif isinstance(event, ev.PolicyInfo):
+            self.policy = event
+        elif isinstance(event, ev.DriftMap):
+            self.drift = event
         elif isinstance(event, ev.ExperimentStep):
             self.step = event
         elif isinstance(event, ev.RunOutcome):
@@ -96,8 +102,8 @@ class EngineView:
         out: list[ev.Event] = []
         out.extend(earlier_alerts)
         out.extend(self.alerts)
-        for item in (self.rollback_memory, self.checkpoints, self.coupling, *self.edits.values(), *self.health,
-                     *self.progress.values(), self.step, self.state):
+        for item in (self.rollback_memory, self.checkpoints, self.coupling, self.policy, self.drift, *self.edits.values(),
+                     *self.health, *self.progress.values(), self.step, self.state):
             if item is not None:
                 out.append(item)
         return out

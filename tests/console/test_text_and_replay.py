@@ -50,6 +50,8 @@ SAMPLES = [
     ev.EditRecorded(ev.EditInfo(2, "edit", "d\x1b", "committed", 1.0, (ev.EditTensorInfo("w", 0.1, float("inf")),),
                                 gate="g", reverted_by=3, checkpoint="c")),
     ev.RevertPlanned(2, (3, 2), ("w",), (3,)),
+    ev.PolicyInfo((ev.PolicyRule("spike", True, "z=6", "CRITICAL->rollback"),), (ev.PolicySetting("z", "6"),)),
+    ev.DriftMap("b", (ev.LayerDrift("model.layers.0", float("inf"), "w", False, "CRITICAL"),)),
 ]
 
 
