@@ -97,6 +97,8 @@ async def test_help_opens_with_question_mark_and_f1(recording):
             await pilot.press(key)
             await pilot.pause()
             assert isinstance(app.screen, HelpScreen)
+            app.screen.query_one("#keys").scroll_visible(animate=False)  # the key table follows the guide
+            await pilot.pause()
             text = screen_text(app)
             assert "emergency_stop" in text and "EMERGENCY STOP" in text
             await pilot.press("escape")
