@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from engine import protocol
@@ -57,6 +58,8 @@ class EngineClient:
         self._state = EngineState.STARTING
         self._alive = False
         self.snapshots = 0  # snapshots received (more than one: the engine resynchronised this client)
+        self._wakeup: Callable[[], None] | None = None
+        self._wake_pending = False  # the wake-up was called and no drain has happened since
 
     # -- the console's event-source interface ---------------------------------------------------------
     @property
@@ -67,6 +70,20 @@ class EngineClient:
     def label(self) -> str:
         pid = self.server.get("pid", "?")
         return f"engine {pid} · {self.server.get('model', '?')} · {self.role}"
+
+    @property
+    def reattach_hint(self) -> str:
+        """The command that attaches to this engine again."""
+        run_dir = self.server.get("run_dir")
+        served = self.server.get("socket")
+        if run_dir and served and Path(served) == self.path:
+            return f"redline attach {run_dir}"
+        return f"redline attach --socket {self.path}"
+
+    def set_wakeup(self, callback: Callable[[], None] | None) -> None:
+        """`callback()` (thread-safe, quick) is called from the reader thread when events or the console
+        count arrive after the last drain: once until the next drain, never once per event."""
+        self._wakeup = callback
 
     def start(self) -> None:
         """Connect, exchange hellos, start reading (once: the app calls it again). EngineClientError when it cannot."""
@@ -138,6 +155,7 @@ class EngineClient:
 
     def drain_events(self, max_events: int | None = None) -> list[Event]:
         with self._ready:
+            self._wake_pending = False
             count = len(self._events) if max_events is None else min(max_events, len(self._events))
             return [self._events.popleft() for _ in range(count)]
 
@@ -170,6 +188,20 @@ class EngineClient:
             if isinstance(event, EngineStateChanged):
                 self._state = event.state
             self._ready.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        callback = self._wakeup
+        if callback is None:
+            return
+        with self._ready:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            callback()
+        except RuntimeError:  # the UI loop is closed
+            pass
 
     def _read_loop(self) -> None:
         reason = "the engine closed the connection"
@@ -193,6 +225,7 @@ class EngineClient:
                                      f"{protocol.text_field(message, 'reason')}", source="console"))
                 elif kind == "clients":
                     self.clients = message.get("count") if isinstance(message.get("count"), int) else 0
+                    self._wake()
                 elif kind in ("bye", "error"):
                     reason = protocol.text_field(message, "reason" if kind == "bye" else "message", limit=500)
                     break

@@ -66,6 +66,7 @@ class Connection:
     # -- in -------------------------------------------------------------------------------------
     def _read_loop(self) -> None:
         admitted = False
+        greeting = True  # counted by the server among the connections still saying hello
         try:
             uid = peer_uid(self.sock)
             if not peer_allowed(uid):
@@ -73,6 +74,8 @@ class Connection:
             self.sock.settimeout(HELLO_TIMEOUT)
             reader = protocol.LineReader(self.sock, protocol.MAX_CLIENT_LINE)
             message = reader.read(protocol.CLIENT_TYPES)
+            greeting = False
+            self.server.handshake_ended()
             if message is None:
                 return
             self._hello(protocol.check_hello(message, "console"))
@@ -97,6 +100,8 @@ class Connection:
         except (OSError, TimeoutError) as exc:
             log.info("engine socket: console %d gone: %s", self.number, exc)
         finally:
+            if greeting:
+                self.server.handshake_ended()
             if admitted:
                 self.server.leave(self)
             self.close()

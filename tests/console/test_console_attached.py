@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from console.app import EngineAnswered, RedlineApp
 from console.engine_client import EngineClient
+from console.screens.confirm import ConfirmScreen
+from console.screens.quit_dialog import QuitDialog
 from console.screens.save_dialog import SaveDialog
 from engine.events import EngineState
 from engine.runtime.socket_paths import socket_path
@@ -40,8 +44,36 @@ async def test_attached_console_saves_shows_its_role_and_detaches(tmp_path, tiny
             await pilot.press(*"over the socket", "enter")
             await until(pilot, lambda: any(d.command == "save" and d.ok for d in answers), "the save")
             await until(pilot, lambda: any(c.purpose == "over the socket" for c in app.state.checkpoints), "the table")
-            await pilot.press("q")  # attached: quitting detaches at once
-        assert app.return_code == 0 and not client.is_alive()
+            other = EngineClient(socket_path(tmp_path / "run"), name="laptop")
+            other.start()  # a second console: the header counts it live
+            await until(pilot, lambda: "CONTROLLER · 2 consoles" in str(app.main.header.render()), "the count")
+            other.take_control()  # the other console takes over: this one is told and becomes an observer
+            await until(pilot, lambda: "OBSERVER · 2 consoles" in str(app.main.header.render()), "the new role")
+            assert any("now the observer" in e.text and "laptop" in e.text for e in app.state.stream)
+            await pilot.press("c")  # and takes it back, after confirming
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("y")
+            await until(pilot, lambda: other.role == "observer" and client.role == "controller", "the takeover")
+            other.shutdown()
+            await until(pilot, lambda: "CONTROLLER · 1 console" in str(app.main.header.render()), "the count")
+            await pilot.press("q")  # attached: q asks whether to stop the engine or detach
+            assert isinstance(app.screen, QuitDialog)
+            await pilot.press("d")
+        assert app.return_code == 0 and not client.is_alive() and not app.engine_stopped
         assert engine.is_alive() and engine.state is EngineState.RUNNING
+
+        client = EngineClient(socket_path(tmp_path / "run"))
+        client.start()
+        app = RedlineApp(client, watch_terminal=False)
+        async with app.run_test(size=WIDE) as pilot:
+            await until(pilot, lambda: app.state.engine_state is EngineState.RUNNING, "the snapshot")
+            await pilot.press("q", "y")  # stop the engine safely, then quit
+            await until(pilot, lambda: app.engine_stopped, "the engine's final answer")
+            await pilot.pause()
+        assert app.return_code == 0 and app.engine_stopped
+        deadline = time.monotonic() + 60
+        while engine.is_alive() and time.monotonic() < deadline:  # the engine ends on its own after the answer
+            time.sleep(0.1)
+        assert not engine.is_alive() and engine.shutdown_result.ok and engine.shutdown_result.checkpoint_id
     finally:
         engine.shutdown(timeout=60)
