@@ -20,14 +20,14 @@ from textual.events import Key
 from textual.message import Message
 from textual.screen import Screen
 
+from console.attached_console import EXIT_NO_FINAL_CHECKPOINT, EXIT_OK, AttachedConsole
 from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
 from console.console_state import Batch, ConsoleState
 from console.event_source import EventSource, attachment, describe, is_readonly
 from console.screens.compare_view import CompareView
-from console.screens.confirm import ConfirmScreen, quit_question, restore_question
+from console.screens.confirm import quit_question, restore_question
 from console.screens.help_screen import HelpScreen
 from console.screens.main_screen import MainScreen
-from console.screens.quit_dialog import DETACH, STOP, QuitDialog
 from console.screens.save_dialog import SaveDialog
 from console.terminal_watch import EXIT_TERMINAL_LOST, TerminalWatch, terminal_fds
 from console.text import visible
@@ -37,13 +37,10 @@ from engine import commands as cmd
 from engine.events import SEVERITIES, CommandDone, ComparisonReady, EngineState
 
 PUMP_INTERVAL = 0.1  # seconds between event drains (10 Hz) when the source cannot wake the UI
-WAKE_GAP = 0.02  # at least this long between two wake-up drains: a fast engine never gets a redraw per step
 MAX_EVENTS_PER_PUMP = 5000
 
-EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_TERMINATED = 143  # 128 + SIGTERM
-EXIT_NO_FINAL_CHECKPOINT = 5  # the engine's final checkpoint was due and not written (as in headless mode)
 
 
 class EngineAnswered(Message):
@@ -55,11 +52,7 @@ class EngineAnswered(Message):
         self.sent_at = sent_at  # time.perf_counter() when the command was submitted
 
 
-class EventsArrived(Message):
-    """The source woke the UI from its own thread: events arrived since the last drain."""
-
-
-class RedlineApp(App[int], inherit_bindings=False):
+class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
     TITLE = "Redline"
     CSS_PATH = "redline.tcss"
     BINDINGS = BINDINGS
@@ -91,11 +84,7 @@ class RedlineApp(App[int], inherit_bindings=False):
         self.shutdown_result = None  # what the engine's shutdown did with the final checkpoint (None: a replay)
         self._pending: dict[int, tuple[float, Callable[[CommandDone], None] | None]] = {}
         self._shutting_down = False
-        self._stopping_engine = False  # q then y on an attached console: waiting for the engine's final answer
-        self.engine_stopped = False  # the attached engine confirmed its stop (so no reattach hint)
         self._attachment = ""  # the role and console count the header shows
-        self._last_pump = 0.0
-        self._wake_scheduled = False
         self.terminal_watch: TerminalWatch | None = None  # stopped by whoever ran the app, after run()
 
     # --- start-up -------------------------------------------------------
@@ -124,7 +113,7 @@ class RedlineApp(App[int], inherit_bindings=False):
         self.set_interval(PUMP_INTERVAL, self.pump)
         set_wakeup = getattr(self.source, "set_wakeup", None)
         if set_wakeup is not None:
-            set_wakeup(lambda: self.post_message(EventsArrived()))  # post_message is thread-safe
+            set_wakeup(self.wake)
         self.set_interval(1.0, self._tick)
         self._show_header()
         self.pump()
@@ -186,22 +175,6 @@ class RedlineApp(App[int], inherit_bindings=False):
         for done in batch.done:
             self._answered(done)
 
-    def on_events_arrived(self, _message: EventsArrived) -> None:
-        """The source has new events: drain now, or WAKE_GAP after the last drain."""
-        if self._wake_scheduled:
-            return
-        wait = self._last_pump + WAKE_GAP - time.monotonic()
-        if wait <= 0:
-            self.pump()
-        else:
-            self._wake_scheduled = True
-
-            def later() -> None:
-                self._wake_scheduled = False
-                self.pump()
-
-            self.set_timer(wait, later)
-
     def _show_header(self) -> None:
         self._attachment = attachment(self.source)
         self.main.header.show(self.state, self.clock(), source_label=describe(self.source), readonly=self.readonly,
@@ -211,10 +184,7 @@ class RedlineApp(App[int], inherit_bindings=False):
         """Once a second: the uptime clock (and whether an engine asked to stop went away unanswered)."""
         if self.state.engine is not None and self.main.is_attached:
             self._show_header()
-        if self._stopping_engine and not self.source.is_alive():
-            self._stopping_engine = False
-            self.exit_reason = "the engine went away before confirming its final checkpoint; check `redline ps`"
-            self._shutdown_engine(EXIT_NO_FINAL_CHECKPOINT)
+        self.check_engine_gone()
 
     def _toast_critical(self, batch: Batch) -> None:
         critical = [e for e in batch.stream if e.severity == "CRITICAL"]
@@ -384,15 +354,7 @@ class RedlineApp(App[int], inherit_bindings=False):
             self.notify("Already stopping the engine safely…")
             return
         if getattr(self.source, "detaches", False):  # attached over the socket: stop the engine, or detach
-            can_stop = not self.readonly and getattr(self.source, "role", "") == "controller"
-
-            def chosen(answer: str | None) -> None:
-                if answer == DETACH:
-                    self.stop_and_exit(EXIT_OK, "detached")
-                elif answer == STOP:
-                    self._stop_engine()
-
-            self.push_screen(QuitDialog(describe(self.source), self.state.experiment_active, can_stop), chosen)
+            self.ask_stop_or_detach()
             return
         if self.state.experiment_active and not self.readonly:
 
@@ -403,37 +365,6 @@ class RedlineApp(App[int], inherit_bindings=False):
             self.push_screen(quit_question(), answered)
         else:
             self.stop_and_exit(EXIT_OK, "operator quit")
-
-    def _stop_engine(self) -> None:
-        """q then y on an attached console: the engine stops safely (final checkpoint), then this console quits."""
-        if self.send(cmd.Shutdown(), self._engine_stop_answered) is None:
-            return
-        self._shutting_down = self._stopping_engine = True
-        self.notify("Stopping the engine safely (final checkpoint)…", timeout=60)
-
-    def _engine_stop_answered(self, done: CommandDone) -> None:
-        self._stopping_engine = False
-        if not done.ok and done.message.startswith("refused"):
-            self._shutting_down = False
-            self.notify(visible(f"stop {done.message}"), severity="error", markup=False)
-            return
-        self.engine_stopped = True
-        code = EXIT_OK if done.ok and done.result else EXIT_NO_FINAL_CHECKPOINT
-        self.exit_reason = "" if code == EXIT_OK else f"the engine stopped without a final checkpoint: {done.message}"
-        self._shutdown_engine(code)
-
-    def action_take_control(self) -> None:
-        if getattr(self.source, "role", "") == "controller":
-            self.notify("This console already has control.", timeout=3)
-            return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.source.take_control()
-
-        self.push_screen(ConfirmScreen("Take control of the engine?", [
-            "This console becomes the controller (save, restore, pause, stop); the console that has control "
-            "now becomes an observer and is told."], yes="Take control", no="Cancel"), answered)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         for action, title, help_text in PALETTE_ACTIONS:

@@ -98,8 +98,9 @@ class EngineServer:
         self._acceptor = threading.Thread(target=self._accept_loop, name="redline-server", daemon=True)
         self._acceptor.start()
 
-    def stop(self, flush: float = 2.0) -> None:
-        """Stop accepting, send clients what they are owed (up to `flush` s), say goodbye, remove the socket."""
+    def stop(self, flush: float = 2.0, reason: str = "the engine stopped") -> None:
+        """Stop accepting, send clients what they are owed (up to `flush` s), say goodbye (with `reason`),
+        remove the socket."""
         if self._stopping.is_set():
             return
         self._stopping.set()
@@ -110,7 +111,7 @@ class EngineServer:
             connections = list(self.connections)
         deadline = time.monotonic() + flush
         for connection in connections:
-            connection.finish("the engine stopped", deadline)
+            connection.finish(reason, deadline)
         try:
             if self._listener is not None:
                 self._listener.close()

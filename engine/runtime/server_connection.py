@@ -204,18 +204,13 @@ class Connection:
 
     # -- end ------------------------------------------------------------------------------------
     def finish(self, reason: str, deadline: float) -> None:
-        """The server is stopping: let the writer send what is queued until `deadline`, then say goodbye."""
+        """The server is stopping: let the writer send what is queued and a goodbye with `reason` until `deadline`."""
+        self.outbox.put_private({"t": "bye", "reason": reason})
         while self.outbox.pending() and not self.closed.is_set() and time.monotonic() < deadline:
             time.sleep(0.02)
         self.outbox.close()
         if self._writer is not None:
             self._writer.join(max(0.0, deadline - time.monotonic()))
-        if not self.closed.is_set() and not (self._writer is not None and self._writer.is_alive()):
-            try:
-                self.sock.settimeout(0.5)
-                self._send([protocol.encode({"t": "bye", "reason": reason})])
-            except OSError:
-                pass
         self.close()
 
     def close(self) -> None:
