@@ -8,6 +8,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from engine.rollback_memory import HELP as ROLLBACK_MEMORY_HELP, rollback_memory_argument
+
 EXIT_CODES = """\
 exit codes (console, attach and replay):
   0    quit by the operator: q then y stopped the engine safely (final checkpoint written), or
@@ -93,8 +95,10 @@ def console_parser() -> argparse.ArgumentParser:
     parser.add_argument("--readonly", action="store_true",
                         help="observe only: no experiment runs, save/restore/stop/pause are hidden and refused, "
                         "nothing is written to the run directory")
-    parser.add_argument("--device", metavar="DEV", help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    parser.add_argument("--device", metavar="DEV", help="torch device: cuda, cuda:1, cpu, or auto (spread over every visible GPU) (default: cuda if available)")
     parser.add_argument("--dtype", metavar="DTYPE", help="model dtype: bfloat16, float16, float32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--rollback-memory", default="auto", metavar="SIZE|auto|off", type=rollback_memory_argument,
+                        help=ROLLBACK_MEMORY_HELP)
     parser.add_argument("--no-forensic", action="store_true",
                         help="on emergency stop, do not keep the rolled-back-from state as a forensic checkpoint")
     parser.add_argument("--policy", default=None, metavar="FILE",
@@ -209,6 +213,7 @@ def _console_in_process(args: argparse.Namespace) -> int:
         tokenizer=str(args.tokenizer) if args.tokenizer is not None else None,
         policy_file=args.policy,
         shutdown_timeout=args.shutdown_timeout,
+        rollback_memory=args.rollback_memory,
     )
     return run_console(Engine(config), args)
 
@@ -238,7 +243,8 @@ def _console_detachable(args: argparse.Namespace) -> int:
 def engine_argv(args: argparse.Namespace, run_dir: Path) -> list[str]:
     """The `redline run` options that start the engine the console's options describe."""
     argv = ["--model", args.model, "--experiment", args.experiment, "--run-dir", str(run_dir),
-            "--shutdown-timeout", str(args.shutdown_timeout), "--on-detach", args.on_detach]
+            "--shutdown-timeout", str(args.shutdown_timeout), "--on-detach", args.on_detach,
+            "--rollback-memory", str(args.rollback_memory)]
     for option, value in (("--device", args.device), ("--dtype", args.dtype), ("--tokenizer", args.tokenizer),
                           ("--policy", args.policy)):
         if value is not None:

@@ -47,6 +47,7 @@ class ConsoleState:
         self.disk_usage = 0
         self.coupling: ev.CouplingView | None = None
         self.progress: dict[str, ev.Progress] = {}
+        self.rollback_memory: ev.RollbackMemory | None = None  # fast rollback held in memory, or why not
         self.step: ev.ExperimentStep | None = None
         self.comparisons: dict[tuple[str, str], ev.ComparisonReady] = {}
         self.latest_time = 0.0
@@ -108,6 +109,10 @@ class ConsoleState:
             else:
                 self.progress[event.task] = event
             batch.changed.add("progress")
+        elif isinstance(event, ev.RollbackMemory):
+            self.rollback_memory = event
+            self._add(batch, StreamEntry(event.time, "INFO", "memory", event.message))
+            batch.changed.add("header")
         elif isinstance(event, ev.ExperimentStep):
             self.step = event
             batch.changed.add("header")

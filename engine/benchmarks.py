@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.fsutil import atomic_write_text, secure_mkdir
+from engine.placement import input_device
 
 DEFAULT_BASELINE_PATH = Path("data") / "baseline_metrics.json"
 # Logits of one forward pass are capped near this many bytes, so a 150k-token vocabulary
@@ -30,9 +31,8 @@ Progress = Callable[[float, "float | None", str], None]
 
 
 def model_device(model) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
+    """Where inputs go: the input embeddings' device (a model spread over GPUs starts there)."""
+    return input_device(model)
 
 
 def max_positions(model) -> int | None:

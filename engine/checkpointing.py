@@ -36,6 +36,7 @@ from engine.store.metadata import encode_metadata
 from engine.store.repair import check_and_repair
 from engine.store.saving import save_tensor
 from engine.store.snapshot import Claims, HeldTensor, Snapshot
+from engine.store.staging_pool import staging_pool
 from engine.store.store import CheckpointStore
 from engine.store.tensors import (
     as_tensor,
@@ -62,7 +63,9 @@ class CheckpointManager:
     instead of hashing every tensor, so an unchanged tensor costs almost nothing. Restores of
     other checkpoints also reuse held tensors whose hash matches. With
     ``memory_snapshot=False`` nothing is held unless ``hold_in_memory`` asks, and each save
-    hashes every tensor (blake3, about 0.2 s per GB on two cores).
+    hashes every tensor (blake3, about 0.2 s per GB on two cores). ``memory_budget`` (bytes;
+    None: no limit) caps that copy: a state larger than it is never held, not even when
+    ``hold_in_memory`` asks, and rollback reads the verified files (engine/rollback_memory.py).
 
     Which state is held: the most recent save or disk restore of this manager, unless
     :meth:`hold_in_memory` pinned one; a pinned state stays until another ``hold_in_memory``
@@ -105,12 +108,14 @@ class CheckpointManager:
         durable: bool = True,
         store: CheckpointStorage | None = None,
         readonly: bool = False,
+        memory_budget: int | None = None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         self.model = model
         self.memory_snapshot = memory_snapshot
         self.pin_memory = pin_memory
+        self.memory_budget = memory_budget
         self.store: CheckpointStorage = (store if store is not None
                                          else CheckpointStore(checkpoint_dir, durable=durable, readonly=readonly))
         self.checkpoint_dir: Path = self.store.root
@@ -142,22 +147,27 @@ class CheckpointManager:
         A save that fails (disk full, unwritable directory) leaves no file behind.
         """
         meta = encode_metadata(metadata)
+        staged, before = [], self._snapshot
         try:
-            return self._save(meta)
+            return self._save(meta, staged)
         except (CheckpointError, OSError):
             self.store.discard_unreferenced()
             raise
+        finally:  # staging buffers back to the pool; the old snapshot's buffers join it
+            held = self._snapshot.by_hash.values() if self._snapshot else ()
+            replaced = before.by_hash.values() if before is not None and before is not self._snapshot else ()
+            staging_pool().settle([host for host, _ in staged], held, replaced)
 
-    def _save(self, meta: dict) -> str:
+    def _save(self, meta: dict, hosts: list) -> str:
         groups = model_groups(self.model)
         dtypes = [g.dtype_name for g in groups]  # unsupported dtype: fail before writing
         now = _dt.datetime.now().astimezone()
         checkpoint_id = new_id(now)
         snap = self._snapshot
-        follow = self.memory_snapshot and not (snap and snap.pinned)
+        follow = self.memory_snapshot and not (snap and snap.pinned) and self._fits(g.tensor.nbytes for g in groups)
         pin = self._pin()
         with untracked():
-            hosts = [host_bytes(g.tensor, pin) for g in groups]
+            hosts.extend(host_bytes(g.tensor, pin, staging_pool()) for g in groups)
             sync_devices(g.tensor for g in groups)
             claimed = Claims()
             jobs = [
@@ -268,7 +278,8 @@ class CheckpointManager:
         manifest = snap.manifest if in_memory else self.store.read_manifest(checkpoint_id)
         groups = model_groups(self.model)
         plan = fit(manifest, groups, type(self.model).__name__)
-        keep = not in_memory and self.memory_snapshot and not (snap and snap.pinned)
+        keep = not in_memory and self.memory_snapshot and not (snap and snap.pinned) and self._fits(
+            r.nbytes for r in {r.hash: r for r in manifest.tensors}.values())
         sources = self._load(manifest, {rec.hash: rec for _g, rec in plan}.values(), transient=not keep)
         on_host = [(g, rec) for g, rec in plan if g.tensor.device.type == "cpu"]
         with untracked():
@@ -352,7 +363,8 @@ class CheckpointManager:
         """Keep this checkpoint's state in host memory (pinned on CUDA) until told otherwise.
 
         Tensors the current snapshot already holds (same hash) are reused; the rest are read
-        and verified from disk. Raises CheckpointError if the checkpoint cannot be read.
+        and verified from disk. Raises CheckpointError if the checkpoint cannot be read. A
+        checkpoint larger than ``memory_budget`` is not held (nothing is; restores read disk).
         """
         check_id(checkpoint_id)
         snap = self._snapshot
@@ -360,6 +372,9 @@ class CheckpointManager:
             snap.pinned = True
             return
         manifest = self.store.read_manifest(checkpoint_id)
+        if not self._fits(r.nbytes for r in {r.hash: r for r in manifest.tensors}.values()):
+            self._snapshot = None
+            return
         sources = self._load(manifest, {r.hash: r for r in manifest.tensors}.values())
         self._verified[checkpoint_id] = True
         self._snapshot = Snapshot.of(manifest, sources, pinned=True)
@@ -367,6 +382,10 @@ class CheckpointManager:
     def release_memory_snapshot(self) -> None:
         """Free the held snapshot; the next save (if memory_snapshot) holds its own state."""
         self._snapshot = None
+
+    def _fits(self, sizes) -> bool:
+        """Whether a state of these tensor sizes may be held in host memory (memory_budget)."""
+        return self.memory_budget is None or sum(sizes) <= self.memory_budget
 
     def _pin(self) -> bool:
         if not torch.cuda.is_available():

@@ -263,3 +263,15 @@ class CommandDone(Event):
     message: str = ""
     result: str = ""  # e.g. the checkpoint id a save produced
     time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackMemory(Event):
+    """Whether fast rollback holds the model's state in host memory, decided at load (--rollback-memory)."""
+
+    kind: ClassVar[str] = "rollback_memory"
+    on: bool
+    model_bytes: int
+    budget_bytes: int = -1  # -1: off by the option
+    message: str = ""  # "fast rollback: on, 14.2 GiB pinned (...)" or why it is off
+    time: float = field(default_factory=_now)

@@ -42,7 +42,7 @@ def health_gauges(result: Mapping[str, Any], *, perplexity: float | None, baseli
     else:
         device_text = f"{human_bytes(device_used)} / {human_bytes(device_total)}"
 
-    return (
+    gauges = (
         Gauge("status", "status", f"{status} {issues} issue{'s' if issues != 1 else ''}",
               policy.status_severity(status), float(issues)),
         Gauge("nonfinite", "NaN/Inf", f"{nan} NaN  {inf} Inf",
@@ -58,3 +58,19 @@ def health_gauges(result: Mapping[str, Any], *, perplexity: float | None, baseli
         Gauge("host_mem", "host mem", f"{human_bytes(host_used)} / {human_bytes(host_total)}",
               policy.memory_severity(host_used, host_total, "host_memory_fraction", thresholds), float(host_used)),
     )
+    return gauges + gpu_gauges(result.get("gpus") or (), thresholds)
+
+
+def gpu_gauges(gpus, thresholds: Mapping[str, float] | None = None) -> tuple[Gauge, ...]:
+    """Per GPU holding the model: "gpuN mem" (used / total) and, where NVML reads it, "gpuN util" (percent).
+
+    `gpus`: the "gpus" readings of a health check (engine/gpu_readings.py); none on a CPU-only run.
+    """
+    out = []
+    for gpu in gpus:
+        index, used, total, util = gpu["index"], int(gpu["used"]), int(gpu["total"]), gpu.get("utilization")
+        out.append(Gauge(f"gpu{index}_mem", f"gpu{index} mem", f"{human_bytes(used)} / {human_bytes(total)}",
+                         policy.memory_severity(used, total, "device_memory_fraction", thresholds), float(used)))
+        if util is not None:
+            out.append(Gauge(f"gpu{index}_util", f"gpu{index} util", f"{float(util):.0f}%", "INFO", float(util)))
+    return tuple(out)

@@ -114,7 +114,10 @@ class ModelManager:
     def __init__(self, model_name: str = DEFAULT_MODEL, device=None, dtype=None, *, progress: Progress | None = None,
                  tokenizer: str | os.PathLike | None = None):
         self.model_name = str(model_name)
-        self.device = parse_device(device)
+        from engine import placement
+
+        self.spread = placement.wants_spread(device) and placement.spread_possible()  # --device auto over GPUs
+        self.device = parse_device(device)  # a spread model: its first layer's device, once loaded
         self.dtype = parse_dtype(dtype, self.device)
         self.progress = progress
         self.tokenizer_path = Path(tokenizer).expanduser() if tokenizer is not None else None
@@ -196,10 +199,9 @@ class ModelManager:
         return tokenizer, None
 
     def _load_from(self, directory: Path):
-        import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from engine.benchmarks import model_device
+        from engine import placement
 
         self._report(0, None, f"config: {directory / 'config.json'}")
         config = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
@@ -207,7 +209,7 @@ class ModelManager:
         tokenizer, note = self._load_tokenizer(directory, getattr(config, "vocab_size", None))
         self._warm_weights(safetensors_files(directory))
         self._report(0, None, f"building {type(config).__name__.removesuffix('Config')} model ({self.dtype})")
-        placement = {} if self.device.type == "cpu" else {"device_map": {"": str(self.device)}}
+        where = placement.load_kwargs(self.device, self.spread)
         with quiet_transformers_progress():
             model = AutoModelForCausalLM.from_pretrained(
                 directory,
@@ -216,16 +218,34 @@ class ModelManager:
                 use_safetensors=True,
                 local_files_only=True,
                 trust_remote_code=False,  # explicit: otherwise transformers may prompt on the terminal
-                **placement,
+                **where,
             )
-        actual = model_device(model)
-        if actual.type != self.device.type or self.device.index not in (None, actual.index):
-            self._report(0, None, f"moving the model to {self.device}")
-            model = model.to(self.device)
+        if self.spread:
+            self._check_spread(model)
+        else:
+            actual = placement.input_device(model)
+            if actual.type != self.device.type or self.device.index not in (None, actual.index):
+                self._report(0, None, f"moving the model to {self.device}")
+                model = model.to(self.device)
         model.eval()
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        placement.synchronize(model)
         return model, tokenizer, note
+
+    def _check_spread(self, model) -> None:
+        """After a `--device auto` load: refuse offloaded layers, note where the model went, aim inputs at its first layer."""
+        from engine import placement
+
+        spilled = placement.offloaded(model)
+        if spilled:
+            raise ModelLoadError(
+                f"--device auto could not fit the model on the visible GPUs: accelerate offloaded "
+                f"{len(spilled)} module(s) to host memory or disk ({', '.join(spilled[:3])}...), whose weights "
+                f"Redline could neither scan nor checkpoint. Use more or larger GPUs, a smaller dtype "
+                f"(--dtype bf16), or --device cpu."
+            )
+        self.device = placement.input_device(model)
+        logger.info("--device auto: %s", placement.describe(model))
+        self._report(0, None, f"spread over {placement.describe(model)}")
 
     def _load(self):
         started = time.perf_counter()

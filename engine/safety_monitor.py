@@ -31,6 +31,7 @@ import torch
 from engine.activation_monitor import ActivationMonitor
 from engine.alert_journal import append_alert
 from engine.fsutil import secure_mkdir
+from engine.gpu_readings import gpu_readings
 from engine.health_scan import ScanResult, scan_model, scan_tensors
 from engine import policy
 from engine.policy import Policy, Severity, default_thresholds, status_for, validate_threshold
@@ -353,19 +354,15 @@ class SafetyMonitor:
         t = self.thresholds
         issues = []
         dev_used = dev_total = None
-        devices = {p.device for p in model.parameters() if p.device.type == "cuda"}
-        if devices and torch.cuda.is_available():
-            dev_used = dev_total = 0
-            for device in sorted(devices, key=str):
-                free, total = torch.cuda.mem_get_info(device)
-                used = total - free
-                dev_used += used
-                dev_total += total
-                if policy.memory_severity(used, total, "device_memory_fraction", t) != "INFO":
-                    issues.append(_issue("HIGH", "memory", "device_memory",
-                                         f"{device} memory {used / total:.0%} used ({used / 2**30:.1f} of "
-                                         f"{total / 2**30:.1f} GiB) exceeds {t['device_memory_fraction']:.0%}",
-                                         str(device), value=used / total, threshold=t["device_memory_fraction"]))
+        gpus = gpu_readings({p.device for p in model.parameters()})
+        if gpus:
+            dev_used, dev_total = sum(g.used for g in gpus), sum(g.total for g in gpus)
+        for gpu in gpus:
+            if policy.memory_severity(gpu.used, gpu.total, "device_memory_fraction", t) != "INFO":
+                issues.append(_issue("HIGH", "memory", "device_memory",
+                                     f"{gpu.device} memory {gpu.used / gpu.total:.0%} used ({gpu.used / 2**30:.1f} of "
+                                     f"{gpu.total / 2**30:.1f} GiB) exceeds {t['device_memory_fraction']:.0%}",
+                                     gpu.device, value=gpu.used / gpu.total, threshold=t["device_memory_fraction"]))
         vm = psutil.virtual_memory()
         host_fraction = (vm.total - vm.available) / vm.total if vm.total else 0.0
         if policy.memory_severity(vm.total - vm.available, vm.total, "host_memory_fraction", t) != "INFO":
@@ -377,6 +374,7 @@ class SafetyMonitor:
             "issues": issues,
             "device_memory_used": dev_used,
             "device_memory_total": dev_total,
+            "gpus": [g.as_dict() for g in gpus],  # one per GPU holding the model: the per-GPU gauges
             "host_memory_used": self._process.memory_info().rss,
             "host_memory_total": vm.total,
             "host_memory_fraction": host_fraction,

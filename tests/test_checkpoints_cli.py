@@ -89,6 +89,10 @@ def test_help_documents_subcommands_and_exit_codes():
 
 def test_ls_and_show(run):
     run_dir, ids, _states = run
+    store_dir = run_dir / "checkpoints"
+    (store_dir / "lock").unlink()
+    shutil.rmtree(store_dir / "tmp")
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in store_dir.rglob("*"))
     listed = as_json("ls", "--run-dir", run_dir)
     assert [c["id"] for c in listed["checkpoints"]] == ids
     assert all(c["health"] == "OK" and c["num_tensors"] > 0 for c in listed["checkpoints"])
@@ -104,6 +108,7 @@ def test_ls_and_show(run):
     assert {s["id"] for s in shown["shares"]} == {ids[0], ids[2]}
     assert "lm_head.weight" in json.dumps(shown["tensors"])  # the tied alias is named
     assert CHANGED in redline("show", ids[1], "--run-dir", run_dir, check_code=0).stdout
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in store_dir.rglob("*")) == before  # readers create nothing
 
 
 def test_the_run_dir_or_the_checkpoint_dir_itself(run):

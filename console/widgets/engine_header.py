@@ -1,4 +1,5 @@
-"""The one-line header: engine state, role when attached, model, device, experiment and step, uptime."""
+"""The one-line header: engine state, role when attached, model, device, where rollback reads,
+experiment and step, uptime."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class EngineHeader(Static):
             text.append(f" {visible(info.model) or '…'}", "bold")
             if info.device:
                 text.append(f" · {info.device}/{info.dtype}")
+            if state.rollback_memory is not None:
+                text.append(" · rollback from " + ("memory" if state.rollback_memory.on else "disk"))
             experiment = info.experiment or "no experiment"
             text.append(f" · {visible(experiment)}")
             step = state.step.step if state.step else info.step

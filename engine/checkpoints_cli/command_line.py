@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from engine.checkpoints_cli.run_store import open_store
 
-    store = open_store(args.run_dir)
     command = args.subcommand
+    store = open_store(args.run_dir, writes=command == "rm" or (command == "gc" and args.yes))
     if command == "ls":
         from engine.checkpoints_cli.inventory import list_command
 

@@ -2,8 +2,8 @@
 
 `--run-dir DIR` names a run directory (its store is DIR/checkpoints) or a store itself (the
 directory given to a CheckpointManager); without it, the engine's default run directory of the
-demo model. Readers open the store without its open-time cleanup, so ls, show, verify, diff,
-export and gc's dry run change nothing there. Locking follows the store's rule: readers hold
+demo model. Readers open the store read-only, so ls, show, verify, diff, export and gc's dry
+run create and change nothing there (no lock file, no tmp/). Locking follows the store's rule: readers hold
 its shared lock (a deletion, in any process, waits), gc and rm its exclusive lock.
 """
 
@@ -40,9 +40,11 @@ class InspectingStore(CheckpointStore):
         return 0
 
 
-def open_store(run_dir: Path | None) -> CheckpointStore:
-    """The store of `run_dir` (see locate), opened without side effects beyond taking its locks."""
-    return InspectingStore(locate(run_dir))
+def open_store(run_dir: Path | None, writes: bool = False) -> CheckpointStore:
+    """The store of `run_dir` (see locate). A reader's store is read-only: it creates nothing there,
+    not even the lock file; a writer's (gc --yes, rm) keeps crash leftovers for gc to report."""
+    root = locate(run_dir)
+    return InspectingStore(root) if writes else CheckpointStore(root, readonly=True)
 
 
 def check_ids(store: CheckpointStore, ids: Iterable[str]) -> list[str]:

@@ -20,10 +20,11 @@ from typing import Any, Callable
 import torch
 
 from engine.commands import Shutdown
-from engine.events import Alert, CommandDone, EngineState, EngineStateChanged, Progress, RunOutcome
+from engine.events import Alert, CommandDone, EngineState, EngineStateChanged, Progress, RollbackMemory, RunOutcome
 from engine.fsutil import secure_mkdir
 from engine.policy import Severity
 from engine.policy_file import PolicyError
+from engine.rollback_memory import parse_rollback_memory, plan_rollback_memory
 from engine.runtime.checkpoint_sync import CheckpointSync
 from engine.runtime.coupling import Coupling
 from engine.runtime.detection_watch import DetectionWatch
@@ -241,6 +242,7 @@ class EngineCore:
             lambda: self.safety and self.safety.detach_activation_monitor(),
             lambda: self.memory and self.memory.close(),
             lambda: self.journal and self.journal.close(),
+            self.release_host_memory,
         ):
             try:
                 closer()
@@ -270,10 +272,11 @@ class EngineCore:
         self.run_dir = resolve_run_dir(config.run_dir, config.model)
         self.set_state(EngineState.LOADING, f"loading {config.model}")
         try:
+            parse_rollback_memory(config.rollback_memory)
             self.manager = ModelManager(config.model, device=config.device, dtype=config.dtype,
                                         tokenizer=config.tokenizer, progress=self.progress_callback("model"))
             loaded = self.manager.load_model()
-        except ValueError as exc:  # a nonsense device or dtype
+        except ValueError as exc:  # a nonsense device, dtype or rollback memory
             self.manager, loaded = None, False
             load_error = str(exc)
         if not loaded:
@@ -304,7 +307,7 @@ class EngineCore:
             self.open_memory()
         checkpoint_dir = self.run_dir / "checkpoints"
         if not readonly:
-            self.checkpoints = CheckpointManager(self.model, checkpoint_dir)
+            self.checkpoints = CheckpointManager(self.model, checkpoint_dir, memory_budget=self.rollback_budget())
         elif checkpoint_dir.is_dir():
             self.checkpoints = CheckpointManager(self.model, checkpoint_dir, memory_snapshot=False, readonly=True)
         health = self.health.scan()
@@ -336,6 +339,27 @@ class EngineCore:
         self.set_state(EngineState.IDLE, "ready")
         return True
 
+    def rollback_budget(self) -> int:
+        """Decide the fast-rollback copy for this model (--rollback-memory), say so; its byte budget."""
+        from engine.store.staging_pool import staging_pool
+        from engine.store.tensors import model_groups
+
+        model_bytes = sum(g.tensor.nbytes for g in model_groups(self.model))
+        pinned = torch.cuda.is_available() and any(p.is_cuda for p in self.model.parameters())
+        plan = plan_rollback_memory(self.config.rollback_memory, model_bytes, pinned=pinned,
+                                    staging=staging_pool().limit if pinned else 0)
+        self.publish(RollbackMemory(on=plan.on, model_bytes=model_bytes,
+                                    budget_bytes=-1 if plan.budget is None else plan.budget, message=plan.describe()))
+        return plan.budget if plan.on else 0
+
+    def release_host_memory(self) -> None:
+        """At the end: the fast-rollback copy and the staging pool's buffers go back to the OS."""
+        from engine.store.staging_pool import staging_pool
+
+        if self.checkpoints is not None:
+            self.checkpoints.release_memory_snapshot()
+        staging_pool().release()
+
     def open_memory(self) -> None:
         """Open the run's MemorySystem; a damaged database must not keep the model unguarded."""
         from engine.memory import MemoryStoreError, MemorySystem
@@ -364,10 +388,16 @@ class EngineCore:
         return self.journal
 
     def bind_model(self) -> None:
-        """Take the model, tokenizer, device and dtype from the model manager."""
+        """Take the model, tokenizer, device and dtype from the model manager.
+
+        The device is where the model's weights are, not where the manager was asked to put
+        them: after a CPU fallback they differ until the manager is told (recovery does so).
+        """
+        from engine.benchmarks import model_device
+
         self.model = self.manager.model
         self.tokenizer = self.manager.tokenizer
-        self.device = self.manager.device
+        self.device = model_device(self.model)
         self.dtype = self.manager.dtype
 
     def rebind_after_reload(self) -> None:
@@ -386,7 +416,8 @@ class EngineCore:
         if self.memory is not None:
             self.memory.set_weight_inspector(self.inspector)
         if self.checkpoints is not None:
-            self.checkpoints = CheckpointManager(self.model, self.checkpoints.checkpoint_dir)
+            self.checkpoints = CheckpointManager(self.model, self.checkpoints.checkpoint_dir,
+                                                 memory_budget=self.checkpoints.memory_budget)
 
     def check_run_dir(self) -> None:
         """Someone deleted the run directory: say so once, recreate it, reopen the memory database."""

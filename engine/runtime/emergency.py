@@ -30,6 +30,7 @@ from engine.runtime.experiment_context import ExperimentContext, last_frame_in
 from engine.store.metadata import CheckpointState, rollback_target
 
 if TYPE_CHECKING:
+    from engine.device_memory import OutOfMemory
     from engine.runtime.recovery import RecoveryActions
 
 SOURCE = "emergency"
@@ -201,17 +202,22 @@ def degraded(actions: "RecoveryActions", perplexity: float, baseline: float) -> 
     return True
 
 
-def out_of_memory(actions: "RecoveryActions", ctx: ExperimentContext, exc: BaseException, attempt: int,
+def out_of_memory(actions: "RecoveryActions", ctx: ExperimentContext, caught: OutOfMemory, attempt: int,
                   max_attempts: int) -> bool:
-    """Scenario 3: free memory, halve the batch, CPU fallback, checkpoint again; True to rerun."""
-    _alert(actions, "HIGH", f"Out of memory in the experiment (attempt {attempt} of {max_attempts}): {exc}")
-    on_cuda = actions.free_memory()
-    _alert(actions, "INFO", "Cleared the CUDA cache and collected garbage" if on_cuda else "Collected garbage")
+    """Scenario 3: free memory, halve the batch, CPU fallback, checkpoint again; True to rerun.
+
+    `caught` is what is left of the exception (engine.device_memory): its frames are already
+    cleared, so what the failed attempt allocated is garbage when the memory is freed here.
+    """
+    _alert(actions, "HIGH", f"Out of memory in the experiment (attempt {attempt} of {max_attempts}): {caught}")
+    on_cuda = actions.on_cuda
+    _alert(actions, "INFO", actions.free_memory(caught).describe())
     size = ctx.halve_batch_size()
     _alert(actions, "INFO", f"Reduced the experiment's batch size to {size}")
     if on_cuda and attempt >= 2:
         actions.move_model_to_cpu()
-        _alert(actions, "HIGH", "Still out of memory: moved the model to the CPU")
+        _alert(actions, "HIGH", "Still out of memory: moved the model to the CPU; it stays there (a reload keeps it) "
+                                "until the engine restarts")
     try:
         checkpoint_id = actions.save_checkpoint(
             CheckpointState.RECOVERY, "After out-of-memory recovery", health=actions.scan_health()["status"],

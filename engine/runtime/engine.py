@@ -44,6 +44,7 @@ class EngineConfig:
     serve: bool = False  # serve <run_dir>/engine.sock so consoles can attach (engine.runtime.server); not when readonly
     on_detach: str = "continue"  # when the last attached console leaves: continue, pause (until one attaches) or stop
     shutdown_timeout: float = 120.0  # seconds Engine.shutdown() waits for the experiment to stop and the final save
+    rollback_memory: str | int = "auto"  # host memory for fast rollback: bytes, "16G", "auto" (what fits) or "off"
 
 
 class Engine:

@@ -39,6 +39,7 @@ class EngineView:
         self.alerts: collections.deque[ev.Alert] = collections.deque(maxlen=RECENT_ALERTS)
         self.outcome: ev.RunOutcome | None = None
         self.restores = 0  # successful restores and rollbacks so far
+        self.rollback_memory: ev.RollbackMemory | None = None
 
     def apply(self, event: ev.Event) -> None:
         if isinstance(event, ev.EngineStateChanged):
@@ -62,6 +63,8 @@ class EngineView:
             self.step = event
         elif isinstance(event, ev.RunOutcome):
             self.outcome = event
+        elif isinstance(event, ev.RollbackMemory):
+            self.rollback_memory = event
         elif isinstance(event, ev.Progress):
             if event.finished:
                 self.progress.pop(event.task, None)
@@ -77,7 +80,8 @@ class EngineView:
         out: list[ev.Event] = []
         out.extend(earlier_alerts)
         out.extend(self.alerts)
-        for item in (self.checkpoints, self.coupling, *self.health, *self.progress.values(), self.step, self.state):
+        for item in (self.rollback_memory, self.checkpoints, self.coupling, *self.health, *self.progress.values(),
+                     self.step, self.state):
             if item is not None:
                 out.append(item)
         return out

@@ -14,8 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
-
+from engine.device_memory import OutOfMemory, forget_exception, is_out_of_memory
 from engine.events import EngineState, ExperimentStep, LogLine
 from engine.policy import Action, strongest_action
 from engine.runtime.emergency import degraded, experiment_failed, operator_stop, out_of_memory, unhealthy_weights
@@ -62,7 +61,8 @@ class Ending(enum.Enum):
 @dataclass(frozen=True)
 class RunEnd:
     ending: Ending
-    error: BaseException | None = None  # OUT_OF_MEMORY, ERROR
+    error: BaseException | None = None  # ERROR
+    oom: OutOfMemory | None = None  # OUT_OF_MEMORY: its type and message only, so its frames can be freed
     stop_mode: str = ""  # STOPPED: stop.EMERGENCY or stop.SHUTDOWN
     stop_reason: str = ""
     procedure: ProcedureRequired | None = None  # PROCEDURE
@@ -174,7 +174,7 @@ class ExperimentRunner:
                 self.paused = False
                 if end.ending is Ending.OUT_OF_MEMORY:
                     oom_attempts += 1
-                    if out_of_memory(core.recovery, run.ctx, end.error, oom_attempts, MAX_OOM_RETRIES):
+                    if out_of_memory(core.recovery, run.ctx, end.oom, oom_attempts, MAX_OOM_RETRIES):
                         run.ctx.restarts += 1
                         continue
                     outcome = OUTCOME_FAILED if core.health.is_healthy() else OUTCOME_UNRECOVERED
@@ -207,8 +207,8 @@ class ExperimentRunner:
         except ProcedureRequired as exc:
             return RunEnd(Ending.PROCEDURE, procedure=exc)
         except BaseException as exc:
-            if isinstance(exc, torch.cuda.OutOfMemoryError):
-                return RunEnd(Ending.OUT_OF_MEMORY, error=exc)
+            if is_out_of_memory(exc):  # keep no reference to exc: its frames hold what filled the memory
+                return RunEnd(Ending.OUT_OF_MEMORY, oom=forget_exception(exc))
             if isinstance(exc, (Exception, SystemExit)):
                 return RunEnd(Ending.ERROR, error=exc)
             raise

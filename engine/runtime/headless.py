@@ -29,6 +29,7 @@ from typing import TextIO
 from engine.commands import Shutdown
 from engine.events import EngineState
 from engine.policy_file import PolicyError, load_policy_file
+from engine.rollback_memory import HELP as ROLLBACK_MEMORY_HELP, rollback_memory_argument
 from engine.runtime.engine import Engine, EngineConfig
 from engine.runtime.shutdown_result import EXIT_NO_FINAL_CHECKPOINT
 from engine.runtime.outcomes import (
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a local Hugging Face directory, a hub id in the local cache, or 'demo' (default)")
     parser.add_argument("--run-dir", default=None, metavar="DIR",
                         help="where checkpoints, memory and the alert journal go (default: per model, in the data dir)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ..., or auto: spread over every visible GPU (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 ... (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop the experiment after N steps")
     parser.add_argument("--tokenizer", default=None, metavar="PATH",
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", default=None, metavar="FILE",
                         help="a TOML policy file: thresholds, rule parameters and actions over the defaults "
                              "(and over policy.toml in the run directory)")
+    parser.add_argument("--rollback-memory", default="auto", metavar="SIZE|auto|off", type=rollback_memory_argument,
+                        help=ROLLBACK_MEMORY_HELP)
     parser.add_argument("--no-forensic", action="store_true",
                         help="do not keep the state before a rollback as a forensic checkpoint")
     parser.add_argument("--shutdown-timeout", type=float, default=EngineConfig.shutdown_timeout, metavar="S",
@@ -165,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         serve=True,
         shutdown_timeout=args.shutdown_timeout,
         on_detach=args.on_detach,
+        rollback_memory=args.rollback_memory,
     )
 
 

@@ -8,13 +8,14 @@ reloading the model, and the memory measures of the out-of-memory procedure.
 
 from __future__ import annotations
 
-import gc
 from typing import Any, Iterable
 
 import torch
 
 from engine.benchmarks import save_baseline_metrics
+from engine.device_memory import FreedMemory, OutOfMemory, free_memory
 from engine.events import EngineState
+from engine.placement import move_to_cpu
 from engine.store.metadata import checkpoint_metadata
 
 
@@ -133,16 +134,18 @@ class RecoveryActions:
             return [name for name, param in self._core.model.named_parameters()
                     if not bool(torch.isfinite(param).all())]
 
-    def free_memory(self) -> bool:
-        """Empty the CUDA cache and collect garbage; True when the model is on a CUDA device."""
-        device = self._core.device
-        on_cuda = torch.cuda.is_available() and getattr(device, "type", str(device)).startswith("cuda")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        gc.collect()
-        return on_cuda
+    @property
+    def on_cuda(self) -> bool:
+        """Whether the model is on a CUDA device now (after a CPU fallback it is not)."""
+        return getattr(self._core.device, "type", str(self._core.device)) == "cuda"
+
+    def free_memory(self, caught: OutOfMemory | None = None) -> FreedMemory:
+        """Collect garbage and empty the CUDA cache; what was freed since `caught` was caught."""
+        return free_memory(caught)
 
     def move_model_to_cpu(self) -> None:
-        self._core.model.cpu()
-        torch.cuda.empty_cache()
+        """The CPU fallback: the model, the engine's device and the manager's (so a reload keeps it) go to the CPU."""
+        move_to_cpu(self._core.model)  # a spread model's accelerate hooks go too
+        free_memory()
+        self._core.manager.device = torch.device("cpu")
         self._core.device = torch.device("cpu")

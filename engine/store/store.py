@@ -100,18 +100,18 @@ class CheckpointStore:
 
     @contextlib.contextmanager
     def lock(self, exclusive: bool, blocking: bool = True) -> Iterator[bool]:
-        """flock on <dir>/lock; yields False if non-blocking and someone else holds it."""
-        with contextlib.suppress(OSError):  # a read-only tree is handled below
-            self.ensure_dirs()
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        except OSError as exc:  # a read-only directory: readers still lock (flock needs no write access)
-            if exc.errno not in _UNWRITABLE:
-                raise
+        """flock on <dir>/lock; yields False if non-blocking and someone else holds it.
+
+        A read-only store creates nothing: it locks an existing lock file (flock needs no write access)
+        and, where there is none, no writer has ever locked this store, so there is nothing to wait for."""
+        if self.readonly:
             try:
                 fd = os.open(self.lock_path, os.O_RDONLY)
             except FileNotFoundError:
-                raise self.unwritable(exc) from None
+                yield True
+                return
+        else:
+            fd = self._open_lock_file()
         try:
             flags = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
             try:
@@ -122,6 +122,19 @@ class CheckpointStore:
             yield True
         finally:
             os.close(fd)  # closing releases the flock
+
+    def _open_lock_file(self) -> int:
+        with contextlib.suppress(OSError):  # a read-only tree is handled below
+            self.ensure_dirs()
+        try:
+            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as exc:  # a read-only directory: readers still lock (flock needs no write access)
+            if exc.errno not in _UNWRITABLE:
+                raise
+            try:
+                return os.open(self.lock_path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise self.unwritable(exc) from None
 
     def saving(self):
         """Held around a save: a deletion (in any process) waits, so it never removes a blob the save reuses."""

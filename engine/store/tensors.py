@@ -74,11 +74,13 @@ def byte_view(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1).view(torch.uint8)
 
 
-def host_bytes(t: torch.Tensor, pin: bool) -> tuple[torch.Tensor, bool]:
+def host_bytes(t: torch.Tensor, pin: bool, pool=None) -> tuple[torch.Tensor, bool]:
     """The tensor's bytes on the host: a zero-copy view for CPU tensors, else an async copy.
 
-    Returns (uint8 tensor, copied). For device tensors the copy is non_blocking into pinned
-    memory when `pin`; the caller synchronises once before reading any of them.
+    Returns (uint8 tensor, copied). Device tensors are copied into a buffer of `pool` (a
+    StagingPool, engine/store/staging_pool.py: give it back after use) when given and of the
+    same kind as `pin`, else into a new buffer; the copy is non_blocking into pinned memory,
+    so the caller synchronises once before reading any of them.
     """
     src = t.detach()
     copied = not src.is_contiguous()
@@ -86,6 +88,8 @@ def host_bytes(t: torch.Tensor, pin: bool) -> tuple[torch.Tensor, bool]:
         src = src.contiguous()
     if src.device.type == "cpu":
         return byte_view(src), copied
+    if pool is not None and pool.pinned == pin:
+        return pool.copy_in(src), True
     out = torch.empty(src.nbytes, dtype=torch.uint8, pin_memory=pin)
     out.copy_(byte_view(src), non_blocking=pin)
     return out, True

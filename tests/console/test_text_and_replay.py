@@ -45,6 +45,7 @@ SAMPLES = [
     ev.LogLine("text"),
     ev.CommandDone(3, "save", True, "", "checkpoint_x"),
     ev.RunOutcome("finished", "demo", 3, "done"),
+    ev.RollbackMemory(False, 140 << 30, 64 << 30, "fast rollback: off: the model exceeds the budget"),
     ev.HealthSnapshot("OK", gauges=(ev.Gauge("ppl", "perplexity", "12.6", "LOW", 12.6, "(+7% vs 11.8)"),)),
 ]
 
