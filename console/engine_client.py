@@ -23,11 +23,13 @@ from typing import Any
 
 from engine import protocol
 from engine.commands import Command, Shutdown
-from engine.events import Alert, CommandDone, EngineState, EngineStateChanged, Event, LogLine
+from engine.events import (Alert, CommandDone, EngineState, EngineStateChanged, Event, ExperimentStep, HealthSnapshot,
+                           LogLine, Progress)
 from engine.protocol import ProtocolError
 from engine.runtime.socket_paths import connect
 
 BUFFER = 200_000  # events held for the UI between drains
+ROUTINE = (ExperimentStep, HealthSnapshot, LogLine, Progress)  # steady streams: shown at the UI's own pace
 CONNECT_TIMEOUT = 10.0
 
 
@@ -81,8 +83,10 @@ class EngineClient:
         return f"redline attach --socket {self.path}"
 
     def set_wakeup(self, callback: Callable[[], None] | None) -> None:
-        """`callback()` (thread-safe, quick) is called from the reader thread when events or the console
-        count arrive after the last drain: once until the next drain, never once per event."""
+        """`callback()` (thread-safe, quick) is called from the reader thread when an event that answers
+        the operator or changes the picture (a command's answer, a state change, an alert, a checkpoint) or
+        the console count arrives after the last drain: once until the next drain, never once per event.
+        Steps, health scans, log lines and progress wait for the UI's regular drain."""
         self._wakeup = callback
 
     def start(self) -> None:
@@ -188,7 +192,8 @@ class EngineClient:
             if isinstance(event, EngineStateChanged):
                 self._state = event.state
             self._ready.notify_all()
-        self._wake()
+        if not isinstance(event, ROUTINE):
+            self._wake()
 
     def _wake(self) -> None:
         callback = self._wakeup
