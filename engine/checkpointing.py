@@ -433,6 +433,16 @@ class CheckpointManager:
         held = self._snapshot.by_hash if self._snapshot else {}
         return compare_to_model(manifest, model_groups(self.model), held, self._load_one, checkpoint_id)
 
+    def tensor_reader(self, checkpoint_id: str):
+        """name -> that tensor's verified values in the checkpoint (any of its names; KeyError for others).
+
+        Reads the manifest once; each call takes the bytes from the held snapshot when it has
+        them (no copy, no disk read), else reads and verifies that one blob.
+        """
+        manifest = self.store.read_manifest(check_id(checkpoint_id))
+        records = manifest.by_name()
+        return lambda name: self._load_one(manifest, records[name])
+
     def _load_one(self, manifest: Manifest, rec: TensorRecord) -> torch.Tensor:
         """One verified tensor of `manifest`, viewed as its dtype and shape."""
         return as_tensor(self._load(manifest, [rec], transient=True)[rec.hash], rec.dtype, rec.shape)

@@ -79,3 +79,26 @@ class Shutdown(Command):
     kind: ClassVar[str] = "shutdown"
     mutates: ClassVar[bool] = False
     checkpoint: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRevert(Command):
+    """Ask what reverting edit `edit_id` would change; answered with a RevertPlanned event."""
+
+    kind: ClassVar[str] = "plan_revert"
+    mutates: ClassVar[bool] = False
+    edit_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RevertEdit(Command):
+    """Revert edit `edit_id` (with `cascade`, the later edits on the same tensors too, newest first).
+
+    `expected`: the edit ids the operator confirmed (RevertPlanned.edits); when the journal
+    has changed since and the revert would undo others, it is refused. Empty: no such check.
+    """
+
+    kind: ClassVar[str] = "revert_edit"
+    edit_id: int = 0
+    cascade: bool = False
+    expected: tuple[int, ...] = ()

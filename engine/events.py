@@ -275,3 +275,113 @@ class RollbackMemory(Event):
     budget_bytes: int = -1  # -1: off by the option
     message: str = ""  # "fast rollback: on, 14.2 GiB pinned (...)" or why it is off
     time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class EditTensorInfo:
+    """One tensor an edit touched, as the Edits screen lists it (not an event by itself)."""
+
+    name: str
+    delta_norm: float | None = None  # ||W_after - W_before||; None for a rolled-back edit's unmeasured tensor
+    relative: float | None = None  # delta_norm / ||W_before||
+
+
+@dataclass(frozen=True, slots=True)
+class EditInfo:
+    """One entry of the edit journal (engine.edits): an edit or a revert (not an event by itself)."""
+
+    id: int
+    entry: str  # "edit" | "revert"
+    description: str
+    outcome: str  # "committed" | "rejected" | "failed"
+    created: float  # epoch seconds
+    tensors: tuple[EditTensorInfo, ...] = ()
+    reasons: tuple[str, ...] = ()  # why the gate rejected it (or what failed)
+    gate: str = ""  # what the gate checked, one line
+    reverts: int | None = None  # a revert entry: the edit it undid
+    reverted_by: int | None = None  # an edit: the revert entry that undid it
+    checkpoint: str = ""  # the checkpoint the policy asked for at commit ("" none)
+
+
+@dataclass(frozen=True, slots=True)
+class EditRecorded(Event):
+    """A journal entry was written (or, at start, an earlier one is replayed); a revert also marks its edit."""
+
+    kind: ClassVar[str] = "edit"
+    edit: EditInfo
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class RevertPlanned(Event):
+    """Answer to a PlanRevert command: what reverting one edit would change."""
+
+    kind: ClassVar[str] = "revert_plan"
+    edit_id: int
+    edits: tuple[int, ...] = ()  # what a revert undoes, newest first, the edit itself last
+    tensors: tuple[str, ...] = ()  # every tensor those edits touched
+    later: tuple[int, ...] = ()  # later edits that touched the same tensors: reverted too (cascade)
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySetting:
+    """One value of the active policy (not an event by itself): a threshold, a rule's parameter or action."""
+
+    name: str  # "max_weight_value", "baseline_departure.high", "spike.actions.CRITICAL", "spike.enabled"
+    value: str  # as shown, e.g. "100", "rollback", "on"
+    origin: str = "default"  # "default", or the policy file that set it
+    meaning: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """One rule of the active policy as the policy screen lists it (not an event by itself)."""
+
+    rule: str
+    enabled: bool
+    params: str  # "high=10, critical=100"
+    actions: str  # "CRITICAL->rollback"
+    meaning: str = ""
+    origin: str = "default"  # "default", or the policy file(s) that changed this rule
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInfo(Event):
+    """The engine's active policy: every rule, every threshold, and where each value came from.
+
+    Sent when the engine has loaded its policy; a console only shows it.
+    """
+
+    kind: ClassVar[str] = "policy"
+    rules: tuple[PolicyRule, ...] = ()
+    settings: tuple[PolicySetting, ...] = ()  # the thresholds, then each rule's parameters and actions
+    sources: tuple[str, ...] = ()  # "run-dir policy.toml: PATH", "--policy: PATH", in the order applied
+    time: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerDrift:
+    """One layer's drift from the baseline (not an event by itself)."""
+
+    layer: str  # e.g. "model.layers.3", "model.embed_tokens", "lm_head"
+    relative: float  # the largest ||W - W0|| / ||W0|| among the layer's tensors
+    tensor: str = ""  # the tensor with that change ("" when none changed)
+    tied: bool = False  # the layer holds a tensor that shares storage with another layer's
+    severity: str = "INFO"  # engine.policy.change_severity of `relative` (INFO: unchanged)
+
+
+@dataclass(frozen=True, slots=True)
+class DriftMap(Event):
+    """Per-layer drift of the live model from the baseline checkpoint, in the model's layer order.
+
+    Latest wins: a slow client only needs the newest.
+    """
+
+    kind: ClassVar[str] = "drift"
+    baseline: str  # the baseline checkpoint's id
+    layers: tuple[LayerDrift, ...] = ()
+    step: int = 0
+    compute_ms: float = 0.0  # what this update cost the engine thread
+    recomputed: int = 0  # tensors recomputed for this update (the others had not changed)
+    time: float = field(default_factory=_now)

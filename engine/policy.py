@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import Iterable, Mapping
 
@@ -290,6 +290,11 @@ RULES: dict[str, Rule] = {
                              {}, _ON_CRITICAL),
     "perplexity": Rule("perplexity against the baseline (perplexity_* thresholds)", {}, _ON_CRITICAL),
     "memory": Rule("device or host memory use (*_memory_fraction thresholds)", {}, {}),
+    "edit_checkpoint": Rule(
+        "an incremental checkpoint when an edit (engine.edits) commits, tagged with the edit's id",
+        {"every": Threshold(0, 0, None, True, "committed edits between checkpoints (0: not by count)"),
+         "above": Threshold(0.5, 0, None, False, "a touched tensor's ||dW||/||W|| that checkpoints (0: never)")},
+        {}),
 }
 
 #: the safety monitor's check names, by the rule they belong to
@@ -320,6 +325,9 @@ class Policy:
     actions: Mapping[str, Mapping[str, Action]]
     enabled: Mapping[str, bool]
     sources: tuple[str, ...] = ()  # the policy files applied, in order
+    #: the file that last set each overridden value: "thresholds.NAME", "rules.RULE.PARAM",
+    #: "rules.RULE.enabled", "rules.RULE.actions.SEVERITY" -> file; values not listed are defaults
+    origins: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def default(cls) -> "Policy":
@@ -370,3 +378,22 @@ def strongest_action(issues: Iterable[Mapping]) -> Action:
 #: held-out perplexity unchanged; edits that damage the model (perplexity +7% to x2.3: a
 #: rank-one rewrite by 16-64x, the matrix scaled by 3 or 10) move it by 2 and more.
 EDIT_RELATIVE_CHANGE_LIMIT = 1.0
+
+
+#: how the console marks an edit-journal entry: a rejected edit was caught (the gate worked), a
+#: failed one raised inside its block; both were rolled back. Committed and revert entries: none.
+EDIT_OUTCOME_SEVERITY = {"rejected": "MEDIUM", "failed": "HIGH", "reverted": "LOW"}
+
+
+def edit_checkpoint_reason(commits_since: int, max_relative: float, every: float, above: float) -> str:
+    """Why the "edit_checkpoint" rule asks for a checkpoint at this commit ("" when it does not).
+
+    `commits_since`: committed edits since the last such checkpoint, this one included. The
+    default `above` (0.5) is the update_size rule's HIGH: an edit the per-step detection would
+    call a large update is kept as a checkpoint of its own, so it can be returned to directly.
+    """
+    if every and commits_since >= every:
+        return f"every {int(every)} committed edits"
+    if above and max_relative >= above:
+        return f"||dW||/||W|| {max_relative:.3g} >= {above:g}"
+    return ""

@@ -34,7 +34,8 @@ def _known(names) -> str:
     return ", ".join(sorted(names))
 
 
-def _rule(policy_params: dict, actions: dict, enabled: dict, name: str, table: Any, where: str) -> None:
+def _rule(policy_params: dict, actions: dict, enabled: dict, origins: dict, name: str, table: Any,
+          where: str) -> None:
     if not isinstance(table, dict):
         raise PolicyError(f"{where}: [rules.{name}] must be a table, got {table!r}")
     spec = RULES[name]
@@ -43,14 +44,18 @@ def _rule(policy_params: dict, actions: dict, enabled: dict, name: str, table: A
             if not isinstance(value, bool):
                 raise PolicyError(f"{where}: rules.{name}.enabled must be true or false, got {value!r}")
             enabled[name] = value
+            origins[f"rules.{name}.enabled"] = where
         elif key == "actions":
             actions[name] = dict(actions[name])
-            actions[name].update(_actions(name, value, where))
+            changed = _actions(name, value, where)
+            actions[name].update(changed)
+            origins.update({f"rules.{name}.actions.{level}": where for level in changed})
         elif key in spec.params:
             try:
                 policy_params[name][key] = _param(spec.params[key], value)
             except ValueError as exc:
                 raise PolicyError(f"{where}: rules.{name}.{key}: {exc}") from None
+            origins[f"rules.{name}.{key}"] = where
         else:
             raise PolicyError(f"{where}: unknown key rules.{name}.{key}; rule {name!r} accepts: "
                               f"{_known([*spec.params, *_RULE_KEYS])}")
@@ -95,6 +100,7 @@ def apply_policy(base: Policy, data: Mapping[str, Any], where: str = "policy") -
     params = {name: dict(values) for name, values in base.params.items()}
     actions = {name: dict(values) for name, values in base.actions.items()}
     enabled = dict(base.enabled)
+    origins = dict(base.origins)
     for section, body in data.items():
         if section == "thresholds":
             if not isinstance(body, dict):
@@ -106,17 +112,18 @@ def apply_policy(base: Policy, data: Mapping[str, Any], where: str = "policy") -
                     thresholds[name] = validate_threshold(name, value)
                 except ValueError as exc:
                     raise PolicyError(f"{where}: thresholds.{name}: {exc}") from None
+                origins[f"thresholds.{name}"] = where
         elif section == "rules":
             if not isinstance(body, dict):
                 raise PolicyError(f"{where}: [rules] must hold one table per rule, got {body!r}")
             for name, table in body.items():
                 if name not in RULES:
                     raise PolicyError(f"{where}: unknown rule rules.{name}; known rules: {_known(RULES)}")
-                _rule(params, actions, enabled, name, table, where)
+                _rule(params, actions, enabled, origins, name, table, where)
         else:
             raise PolicyError(f"{where}: unknown section [{section}]; a policy file has [thresholds] and [rules.NAME]")
     return Policy(thresholds=thresholds, params=params, actions=actions, enabled=enabled,
-                  sources=(*base.sources, where))
+                  sources=(*base.sources, where), origins=origins)
 
 
 def load_policy_file(path: str | Path, base: Policy | None = None) -> Policy:

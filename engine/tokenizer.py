@@ -56,6 +56,8 @@ def byte_tokenizer(model_max_length: int | None = None):
         bos_token=None,
         unk_token=None,
         clean_up_tokenization_spaces=False,
+        # a causal LM takes no token_type_ids; transformers before 5 adds them and generate() refuses them
+        model_input_names=["input_ids", "attention_mask"],
     )
     if model_max_length is not None:
         tokenizer.model_max_length = model_max_length

@@ -42,6 +42,14 @@ _CHILD = textwrap.dedent("""
                 model.model.layers[3].mlp.down_proj.weight.mul_(2)
             print("inside", flush=True)
             time.sleep(600)
+    if mode.startswith("crash:"):  # SIGKILLed at a named point of this commit (engine/edits/content.py)
+        import os
+        from engine.edits.content import CRASH_ENV
+        os.environ[CRASH_ENV] = mode.removeprefix("crash:")
+        with journal.edit("killed while committing"):
+            with torch.no_grad():
+                model.model.layers[2].mlp.down_proj.weight.mul_(1.01)
+        print("survived", flush=True)
     if mode == "hold":
         print("holding", flush=True)
         time.sleep(600)
@@ -120,3 +128,28 @@ def test_sigkill_in_the_middle_of_an_edit_leaves_no_trace(tmp_path):
         journal.revert(records[0].id)
     assert not all(torch.equal(p, state[n]) for n, p in model.named_parameters(remove_duplicate=False))
     assert_state(model, snapshot(make_tiny_qwen2(tied=True, layers=4)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["pre_edit_durable", "committed"])
+def test_sigkill_in_the_commit_window_leaves_a_consistent_journal(tmp_path, point):
+    """Write-ahead: killed after the pre-edit blob is durable but before the row, the edit is
+    absent (its blob is collected); killed right after the row, the edit reverts from its blob."""
+    child = _child(tmp_path, f"crash:{point}")
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL and "survived" not in out
+    edits_dir = tmp_path / "run" / "edits"
+    model = _model_from(tmp_path / "state.pt")  # after the three edits, before the killed one
+    state = snapshot(model)
+    with EditJournal(model, tmp_path / "run") as journal:
+        records = journal.list()
+        blobs = {p.name.removesuffix(".safetensors") for p in (edits_dir / "blobs").rglob("*.safetensors")}
+        assert blobs == {t.hash_before for r in records for t in r.tensors}
+        if point == "pre_edit_durable":
+            assert [r.description for r in records] == ["layer 0", "layer 1", "layer 0"]
+            return
+        assert [r.description for r in records][-1] == "killed while committing"
+        with torch.no_grad():  # the model of the killed process: the same edit, made again
+            model.model.layers[2].mlp.down_proj.weight.mul_(1.01)
+        journal.revert(records[-1].id)
+    assert_state(model, state)

@@ -95,6 +95,8 @@ def test_attach_gets_the_snapshot_then_live_events(tmp_path, tiny_model_dir, eng
     snapshot = seen.of(ev.Event)
     assert any(isinstance(e, ev.CheckpointList) and any(c.state == "baseline" for c in e.checkpoints) for e in snapshot)
     assert any(isinstance(e, ev.CouplingView) and e.groups for e in snapshot)
+    assert any(isinstance(e, ev.PolicyInfo) and e.rules for e in snapshot)
+    assert any(isinstance(e, ev.DriftMap) and e.layers for e in snapshot)
     assert sum(isinstance(e, ev.HealthSnapshot) for e in snapshot) >= 3
     assert any(isinstance(e, ev.Alert) and "Baseline checkpoint" in e.message for e in snapshot)
     done = seen.command(cmd.Save(purpose="over the socket"))

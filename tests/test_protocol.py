@@ -34,6 +34,13 @@ def sample_events() -> list[ev.Event]:
         ev.RunOutcome(outcome="finished", experiment="e", steps=3),
         ev.LogLine(text="t"),
         ev.CommandDone(command_id=9, command="save", ok=True, result="r"),
+        ev.EditRecorded(edit=ev.EditInfo(id=3, entry="edit", description="d", outcome="rejected", created=1.5,
+                                         tensors=(ev.EditTensorInfo("w", 0.5, None),), reasons=("r",), reverts=None)),
+        ev.RevertPlanned(edit_id=3, edits=(4, 3), tensors=("w",), later=(4,)),
+        ev.RollbackMemory(on=False, model_bytes=140 << 30, budget_bytes=64 << 30, message="fast rollback: off"),
+        ev.PolicyInfo(rules=(ev.PolicyRule("spike", False, "window=32", "CRITICAL->rollback", "m", "run dir"),),
+                      settings=(ev.PolicySetting("spike.enabled", "off", "run dir", "m"),), sources=("run dir: p",)),
+        ev.DriftMap(baseline="b", layers=(ev.LayerDrift("model.layers.0", 0.5, "t", True, "HIGH"),), step=2),
     ]
 
 
@@ -49,7 +56,8 @@ def test_every_command_class_round_trips():
     commands = [cmd.Save(purpose="x", state="manual"), cmd.Restore(checkpoint_id="c"), cmd.Delete(checkpoint_id="c"),
                 cmd.Compare(checkpoint_a="a", checkpoint_b="b"), cmd.Pause(), cmd.Resume(),
                 cmd.EmergencyStop(reason="r"), cmd.RunExperiment(path=None), cmd.RunExperiment(path="x.py"),
-                cmd.Shutdown(checkpoint=False)]
+                cmd.Shutdown(checkpoint=False), cmd.PlanRevert(edit_id=3),
+                cmd.RevertEdit(edit_id=3, cascade=True, expected=(4, 3))]
     assert {type(c) for c in commands} == set(COMMAND_TYPES.values())
     for i, command in enumerate(commands, 1):
         line = protocol.encode(protocol.command_message(i, command), limit=protocol.MAX_CLIENT_LINE)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from engine.requirements_check import ENGINE_FLOORS
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("engine", "console")
 MAX_LINES = 500
 FORBIDDEN = {
     "engine": {"textual"},  # the engine runs headless, without any UI library
-    "console": {"torch", "transformers", "safetensors"},  # the console installs and starts without torch
+    "console": set(ENGINE_FLOORS),  # the console installs and starts without the engine extra's packages
 }
 
 

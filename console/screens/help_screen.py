@@ -37,7 +37,7 @@ class HelpScreen(ModalScreen[None]):
     HelpScreen { align: center middle; }
     HelpScreen > Vertical { width: 110; max-width: 98%; height: 90%; border: thick $accent; background: $surface; }
     HelpScreen VerticalScroll { height: 1fr; padding: 0 1; }
-    HelpScreen #keys { margin: 1 0; }
+    HelpScreen #keys { margin: 0 0 1 0; }
     """
 
     def __init__(self, keymap: dict[str, str]) -> None:
@@ -47,8 +47,8 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             with VerticalScroll():
+                yield Static(key_table(self.app, self.keymap), id="keys")  # first: what help is opened for
                 yield Markdown(HELP_MARKDOWN.read_text(encoding="utf-8"))
-                yield Static(key_table(self.app, self.keymap), id="keys")
 
     def action_close(self) -> None:
         self.dismiss(None)

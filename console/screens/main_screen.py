@@ -1,4 +1,4 @@
-"""The main screen: header, progress, the four panels, footer.
+"""The main screen: header, progress, the drift strip, the four panels, footer.
 
 Large terminals (>= 120x36) show the panels as a grid; smaller ones show one
 panel at a time behind a row of tabs ([ and ] switch).
@@ -17,6 +17,7 @@ from console.console_state import ConsoleState
 from console.widgets.alert_stream import AlertStream
 from console.widgets.checkpoint_table import CheckpointTable
 from console.widgets.coupling_view import CouplingPanel
+from console.widgets.drift_strip import DriftStrip
 from console.widgets.engine_header import EngineHeader
 from console.widgets.health_gauges import HealthGauges
 from console.widgets.progress_panel import ProgressPanel
@@ -31,6 +32,7 @@ class MainScreen(Screen):
         super().__init__(id="main")
         self.header = EngineHeader(id="header")
         self.progress = ProgressPanel(id="progress")
+        self.drift = DriftStrip(id="drift")
         self.gauges = HealthGauges(id="gauges")
         self.coupling = CouplingPanel(id="coupling")
         self.checkpoints = CheckpointTable(id="checkpoints")
@@ -39,6 +41,7 @@ class MainScreen(Screen):
     def compose(self) -> ComposeResult:
         yield self.header
         yield self.progress
+        yield self.drift
         yield Tabs(*(Tab(title, id=f"tab-{name}") for name, title in PANELS), id="panel-tabs")
         with Container(id="panels"):
             with Vertical(id="panel-health", classes="panel -current"):

@@ -71,12 +71,16 @@ class BaselineStats:
 
     def ratios(self, stats: TensorStats) -> tuple[float, float]:
         """(max|w| ratio, RMS ratio) of a tensor now against its baseline (floored); NaN if unknown."""
-        base = self.tensors.get(stats.name)
+        return self.ratio_of(stats.name, stats.finite_max_abs, _rms(stats) if stats.norm is not None else math.nan)
+
+    def ratio_of(self, name: str, max_abs: float, rms: float) -> tuple[float, float]:
+        """(max|w| ratio, RMS ratio) of tensor `name` with these values against its baseline; NaN if unknown."""
+        base = self.tensors.get(name)
         if base is None:
             return math.nan, math.nan
-        max_ratio = stats.finite_max_abs / max(base.max_abs, self.max_abs_floor, 1e-30)
+        max_ratio = max_abs / max(base.max_abs, self.max_abs_floor, 1e-30)
         rms_base = base.rms if base.max_abs > 0 else self.max_abs_floor
-        rms_ratio = _rms(stats) / max(rms_base, self.rms_floor, 1e-30) if stats.norm is not None else math.nan
+        rms_ratio = rms / max(rms_base, self.rms_floor, 1e-30)
         return max_ratio, rms_ratio
 
     def save(self, path: str | Path) -> None:

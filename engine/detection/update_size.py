@@ -24,8 +24,8 @@ DEFAULT_BUDGET_BYTES = 512 * 2**20
 class UpdateSize:
     def __init__(self, model: torch.nn.Module, *, norm_floor_rms: float = 0.0,
                  budget_bytes: int = DEFAULT_BUDGET_BYTES):
-        self.tensors = {name: t for name, _, t in unique_named_tensors(model.named_parameters(remove_duplicate=False))
-                        if t.is_floating_point() and t.numel()}
+        self.tensors = {name: t.detach() for name, _, t in unique_named_tensors(
+            model.named_parameters(remove_duplicate=False)) if t.is_floating_point() and t.numel()}
         self.norm_floor_rms = norm_floor_rms
         total = sum(t.numel() * t.element_size() for t in self.tensors.values())
         self.exact = total <= budget_bytes
@@ -44,7 +44,7 @@ class UpdateSize:
             self.signature[s.name] = signature
             if before is None:
                 if self.exact:
-                    self.previous[s.name] = tensor.detach().clone()
+                    self.previous[s.name] = tensor.clone()
                 continue
             if _same(before, signature):
                 continue
@@ -57,11 +57,11 @@ class UpdateSize:
             return [(n, abs(now - was) / max(was, floor, 1e-30)) for n, (was, now, floor) in
                     ((n, scale[n]) for n in changed) if was is not None and now is not None]
         with torch.no_grad():
-            current = [self.tensors[n].detach() for n in changed]
+            current = [self.tensors[n] for n in changed]
             previous = [self.previous[n] for n in changed]
-            deltas = [torch.stack(torch._foreach_norm(torch._foreach_sub(current, previous))).float().cpu()]
+            torch._foreach_sub_(previous, current)  # in place: no model-sized allocation per step
+            values = torch.stack(torch._foreach_norm(previous)).float().cpu().tolist()
             torch._foreach_copy_(previous, current)
-        values = deltas[0].tolist()
         out = []
         for name, delta in zip(changed, values):
             was, _, floor = scale[name]

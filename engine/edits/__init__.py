@@ -1,8 +1,9 @@
 """Edits as transactions: `from engine.edits import EditJournal, EditRejected`.
 
-journal (EditJournal: edit, list, show, revert), transaction (one edit: copy-on-write, gate,
-commit or roll back), gate (the policy's checks and the probe), content (host copies, hashes,
-pre-edit blobs), records (the SQLite journal; no torch), owner (which process holds it; no
+journal (EditJournal: edit, list, show, plan, revert), transaction (one edit: copy-on-write,
+gate, write-ahead commit or roll back), gate (the policy's checks and the probe), probes
+(PromptProbe), content (host copies, hashes, pre-edit blobs), records (the SQLite journal; no
+torch), report (entries as console events; no torch), owner (which process holds it; no
 torch), errors, cli (`redline edits`). Names are loaded on first use, so `engine.edits.records`
 and `engine.edits.cli` stay free of torch for the console's command line.
 """
@@ -18,6 +19,8 @@ _EXPORTS = {
     "JournalBusy": "engine.edits.errors",
     "EditRecord": "engine.edits.records",
     "TensorChange": "engine.edits.records",
+    "PromptProbe": "engine.edits.probes",
+    "GateRules": "engine.edits.gate",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,19 +1,18 @@
 """Tensor content for the journal: host copies made before a write, hashes, restores, and the
 content-addressed blobs of pre-edit content in `<run_dir>/edits/blobs` (engine/store/blobs.py).
 
-A blob is queued when an edit commits (named by the hash of the content before the edit) and
-written by one writer thread, off the edit's path; its host copy stays held until it is on disk
-(`flush()` waits for that). Reverting an old edit reads one file per tensor it touched and never
-needs the model's history; the newest host copies stay held up to `hold_bytes`, so reverting a
-recent edit reads no file. A process killed within moments of a commit may lose that edit's
-blob: the revert then says the pre-edit content is missing and changes nothing.
+A blob (named by the hash of the content before the edit) is written and fsynced when an edit
+commits, before the journal row that names it (write-ahead), so a process killed at any moment
+leaves either no row or a row whose blobs are on disk. Reverting an old edit reads one file per
+tensor it touched and never needs the model's history; the newest host copies stay held up to
+`hold_bytes`, so reverting a recent edit reads no file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
+import signal
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import blake3
 import torch
 
 from engine.fsutil import TEMP_PREFIX, secure_mkdir
-from engine.store.blobs import BlobFiles, tensor_hash, tensor_hasher
+from engine.store.blobs import BlobFiles, blob_header, tensor_hash, tensor_hasher
 from engine.store.errors import CheckpointCorrupted
 from engine.store.manifests import TensorRecord
 from engine.store.tensors import (as_tensor, byte_view, copy_and_hash, dtype_name, host_bytes, new_host_buffer,
@@ -71,6 +70,23 @@ def content_hash(name: str, t: torch.Tensor) -> str:
     return tensor_hash(dtype_name(src.dtype, name), tuple(src.shape), numpy_bytes(buf))
 
 
+def content_hasher(copy: HostCopy, live: torch.Tensor):
+    """An incremental hasher for `live`'s bytes, fed by the gate's pass (engine/edits/gate.py);
+    None when that pass cannot feed it (a tensor off the CPU, or not contiguous)."""
+    if live.device.type != "cpu" or not live.is_contiguous() or not live.is_floating_point():
+        return None
+    return tensor_hasher(copy.dtype, copy.shape, max_threads=blake3.blake3.AUTO if live.nbytes >= _BIG else 1)
+
+
+CRASH_ENV = "REDLINE_EDITS_CRASH_AT"  # tests only: SIGKILL this process at the named point of a commit
+
+
+def crash_point(name: str) -> None:
+    """Kill this process with SIGKILL here when CRASH_ENV names this point (the SIGKILL-window tests)."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def write_back(t: torch.Tensor, copy: HostCopy) -> None:
     """Put `copy`'s bytes into the live tensor (a same-dtype copy_: bit-exact, NaN payloads too)."""
     with untracked(), torch.no_grad():
@@ -79,7 +95,8 @@ def write_back(t: torch.Tensor, copy: HostCopy) -> None:
 
 
 class PreEditContent:
-    """Pre-edit content by hash: held host copies (newest first kept) and blob files."""
+    """Pre-edit content by hash: blob files, written ahead of the journal row, and the newest
+    copies held in memory (up to `hold_bytes`) so reverting a recent edit reads no file."""
 
     def __init__(self, edits_dir: Path, hold_bytes: int):
         self.blobs = BlobFiles(edits_dir / "blobs", edits_dir / "tmp")
@@ -88,66 +105,48 @@ class PreEditContent:
         self.hold_bytes = hold_bytes
         self._held: OrderedDict[str, HostCopy] = OrderedDict()
         self._held_bytes = 0
-        self._pending: dict[str, HostCopy] = {}  # queued, not yet on disk: always held
         self._lock = threading.Lock()
-        self._queue: queue.Queue = queue.Queue()
-        self._writer: threading.Thread | None = None
-        self.write_error: OSError | None = None
 
-    def keep(self, copy: HostCopy) -> None:
-        """Queue `copy` to be written as a blob (unless present) and hold it meanwhile."""
-        nbytes = copy.data.nbytes
+    def keep(self, copies: list[HostCopy]) -> None:
+        """Make `copies` durable (blob written and fsynced, its directory too) and hold them.
+
+        Called before the journal row that needs them is written (write-ahead): a process killed
+        after the row always leaves the blobs a revert reads. A blob already on disk (same
+        content, same size) is not written again; reading it back verifies its hash.
+        """
+        fresh = [c for c in copies if not self._on_disk(c)]
+        for copy in fresh:
+            self.blobs.write(copy.digest, copy.dtype, copy.shape, numpy_bytes(copy.data), durable=True)
+        if fresh:
+            self.blobs.sync_dirs([c.digest for c in fresh])
         with self._lock:
-            if copy.digest not in self._held:
-                self._held[copy.digest] = copy
-                self._held_bytes += nbytes
-            self._pending[copy.digest] = copy
-        self._start_writer()
-        self._queue.put(copy)
+            for copy in copies:
+                if copy.digest not in self._held:
+                    self._held[copy.digest] = copy
+                    self._held_bytes += copy.data.nbytes
+                self._held.move_to_end(copy.digest)
+            self._evict()
 
-    def _start_writer(self) -> None:
-        if self._writer is None or not self._writer.is_alive():
-            self._writer = threading.Thread(target=self._write_blobs, name="redline-edit-blobs", daemon=True)
-            self._writer.start()
-
-    def _write_blobs(self) -> None:
-        while True:
-            copy = self._queue.get()
-            try:
-                if copy is None:
-                    return
-                if not self.blobs.present(copy.digest, copy.dtype, copy.shape, copy.data.nbytes):
-                    self.blobs.write(copy.digest, copy.dtype, copy.shape, numpy_bytes(copy.data), durable=False)
-            except OSError as exc:
-                self.write_error = exc
-            finally:
-                if copy is not None:
-                    with self._lock:
-                        self._pending.pop(copy.digest, None)
-                        self._evict()
-                self._queue.task_done()
+    def _on_disk(self, copy: HostCopy) -> bool:
+        try:
+            size = len(blob_header(copy.digest, copy.dtype, copy.shape, copy.data.nbytes)) + copy.data.nbytes
+            return self.blobs.path(copy.digest).stat().st_size == size
+        except FileNotFoundError:
+            return False
 
     def _evict(self) -> None:
-        """Drop the oldest held copies already on disk until within the budget."""
-        for digest in list(self._held):
-            if self._held_bytes <= self.hold_bytes:
-                return
-            if digest not in self._pending:
-                self._held_bytes -= self._held.pop(digest).data.nbytes
+        """Drop the oldest held copies until within the budget."""
+        while self._held_bytes > self.hold_bytes and self._held:
+            _digest, copy = self._held.popitem(last=False)
+            self._held_bytes -= copy.data.nbytes
 
     def flush(self) -> None:
-        """Wait until every queued blob is on disk; raise the writer's error, if it had one."""
-        if self._writer is not None:
-            self._queue.join()
-        if self.write_error is not None:
-            exc, self.write_error = self.write_error, None
-            raise OSError(f"writing the pre-edit content of an edit failed: {exc}") from exc
+        """Nothing is queued: pre-edit content is written before its edit's row (kept for callers)."""
 
     def close(self) -> None:
-        if self._writer is not None and self._writer.is_alive():
-            self._queue.put(None)
-            self._writer.join()
-        self._writer = None
+        with self._lock:
+            self._held.clear()
+            self._held_bytes = 0
 
     def fetch(self, change, edit_id: int) -> HostCopy:
         """The content `change.hash_before` of one tensor, verified; RevertFailed-worthy errors raise."""

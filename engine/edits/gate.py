@@ -1,9 +1,13 @@
 """The edit gate: the policy's checks on the tensors one edit touched, and the user's probe.
 
-Per tensor: ||dW|| / ||W|| against `policy.EDIT_RELATIVE_CHANGE_LIMIT` and non-finite values
-(any NaN/Inf that the edit brought in). Then the probe, when given: `probe(model)` returning a
-bool (True passes) or a number (passes when finite and >= `probe_min`). The gate reads the
-touched tensors and their pre-edit copies only: nothing here is proportional to the model.
+Per tensor: ||dW|| / ||W|| against the edit limit (`policy.EDIT_RELATIVE_CHANGE_LIMIT`),
+non-finite values (any NaN/Inf the edit brought in) and, when the run has baseline statistics
+(engine/detection/baseline_stats.py), the tensor's max|w| and RMS against its own baseline:
+the edit is rejected at the detection policy's `baseline_departure.high` ratio, the level at
+which the per-step detection would raise HIGH, so no edit commits that the next scan would
+flag. Then the probe, when given: `probe(model)` returning a bool (True passes) or a number
+(passes when finite and >= `probe_min`), or a PromptProbe (engine/edits/probes.py). The gate
+reads the touched tensors and their pre-edit copies only: nothing is proportional to the model.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from engine import policy
+from engine.edits.probes import PromptProbe
+from engine.store.tensors import byte_view, numpy_bytes
 
 
 @dataclass
@@ -24,6 +30,18 @@ class TensorCheck:
     delta_norm: float
     relative: float
     finite: bool
+    max_abs: float | None = None  # of the edited tensor; measured only when a baseline judges it
+    norm: float | None = None  # ||W_after||, likewise
+    numel: int = 0
+
+
+@dataclass
+class GateRules:
+    """What the gate judges with: the policy's limits and the run's baseline statistics (or None)."""
+
+    relative_limit: float = policy.EDIT_RELATIVE_CHANGE_LIMIT
+    baseline: object | None = None  # engine.detection.BaselineStats
+    departure_limit: float = policy.RULES["baseline_departure"].params["high"].default
 
 
 @dataclass
@@ -39,8 +57,10 @@ class GateVerdict:
 _CHUNK = 1 << 20  # elements per step of the fused pass: few torch calls, no model-sized temporaries
 
 
-def measure(after: torch.Tensor, before: torch.Tensor) -> TensorCheck:
-    """||after - before||, relative to ||before||, and whether `after` is all finite.
+def measure(after: torch.Tensor, before: torch.Tensor, *, magnitude: bool = False, hasher=None) -> TensorCheck:
+    """||after - before||, relative to ||before||, whether `after` is all finite and, with
+    `magnitude`, after's max|w| and norm (for the baseline rule). `hasher` (a contiguous CPU
+    `after` only) is fed after's bytes in the same pass, while they are in cache.
 
     One pass over both tensors a chunk at a time into one small scratch buffer (a whole-tensor
     difference would allocate, and fault in, a tensor the size of the edited one). `after`
@@ -49,19 +69,29 @@ def measure(after: torch.Tensor, before: torch.Tensor) -> TensorCheck:
     """
     if not after.is_floating_point():
         changed = not torch.equal(after, before)
+        if hasher is not None:
+            hasher.update(numpy_bytes(byte_view(after.contiguous())))
         return TensorCheck(float(changed), float(changed), True)
     a, b = after.reshape(-1), before.reshape(-1)
     wide = a.dtype not in (torch.float32, torch.float64)
     scratch = torch.empty(min(_CHUNK, a.numel()), dtype=torch.float32 if wide else a.dtype, device=a.device)
-    delta_sq = base_sq = 0.0
+    delta_sq = base_sq = after_sq = 0.0
+    max_abs = 0.0
     for start in range(0, a.numel(), _CHUNK):
         a_c, b_c = a[start : start + _CHUNK], b[start : start + _CHUNK]
         d = scratch[: a_c.numel()]
         if wide:
             b_c = b_c.float()
+        if hasher is not None:
+            hasher.update(numpy_bytes(byte_view(a_c)))
         torch.sub(a_c, b_c, out=d)
         delta_sq += float(torch.dot(d, d))
         base_sq += float(torch.dot(b_c, b_c))
+        if magnitude:
+            a_f = a_c.float() if wide else a_c
+            after_sq += float(torch.dot(a_f, a_f))
+            low, high = torch.aminmax(a_c)
+            max_abs = max(max_abs, -float(low), float(high))
     delta, base = math.sqrt(delta_sq), math.sqrt(base_sq)
     finite = math.isfinite(delta) and math.isfinite(base)
     if not finite:
@@ -70,28 +100,51 @@ def measure(after: torch.Tensor, before: torch.Tensor) -> TensorCheck:
         relative = delta / base
     else:
         relative = 0.0 if delta == 0 else math.inf
-    return TensorCheck(delta, relative, finite)
+    if not magnitude:
+        return TensorCheck(delta, relative, finite)
+    return TensorCheck(delta, relative, finite, max_abs, math.sqrt(after_sq), a.numel())
 
 
-def judge(checks: dict[str, TensorCheck], limit: float | None = None) -> GateVerdict:
+def departure(baseline, name: str, check: TensorCheck) -> tuple[float, str]:
+    """(ratio, which) of an edited tensor's max|w| or RMS to its baseline's (floored, as detection does)."""
+    if check.max_abs is None or check.norm is None or not check.numel:
+        return math.nan, ""
+    max_ratio, rms_ratio = baseline.ratio_of(name, check.max_abs, check.norm / math.sqrt(check.numel))
+    return (max_ratio, "max|w|") if not rms_ratio > max_ratio else (rms_ratio, "RMS")
+
+
+def judge(checks: dict[str, TensorCheck], rules: GateRules) -> GateVerdict:
     """The policy's rules applied to the measured tensors."""
-    limit = policy.EDIT_RELATIVE_CHANGE_LIMIT if limit is None else limit
+    limit = rules.relative_limit
     verdict = GateVerdict(results={"relative_change_limit": limit})
+    if rules.baseline is not None:
+        verdict.results["baseline_rule"] = f"max|w|, RMS < {rules.departure_limit:g}x baseline"
     for name, check in checks.items():
         if not check.finite:
             verdict.reasons.append(f"{name}: the edit brought NaN or Inf values in")
-        elif check.relative > limit:
+            continue
+        if check.relative > limit:
             verdict.reasons.append(
                 f"{name}: ||dW||/||W|| = {check.relative:.3g} exceeds the edit limit {limit:g}")
+        if rules.baseline is not None:
+            ratio, which = departure(rules.baseline, name, check)
+            if ratio >= rules.departure_limit:
+                verdict.reasons.append(f"{name}: {which} is {ratio:.3g}x its baseline (limit "
+                                       f"{rules.departure_limit:g}x, the detection policy's baseline_departure high)")
     return verdict
 
 
-def run_probe(verdict: GateVerdict, probe: Callable | None, model, probe_min: float) -> None:
+def run_probe(verdict: GateVerdict, probe: Callable | PromptProbe | None, model, probe_min: float) -> None:
     """Run the user's probe on the edited model; a failure or an exception adds a reason."""
     if probe is None:
         return
     try:
         with torch.no_grad():
+            if isinstance(probe, PromptProbe):
+                failures = probe.failures(model)
+                verdict.results["probe"] = f"{len(probe.prompts) - len(failures)}/{len(probe.prompts)} prompts"
+                verdict.reasons.extend(f"prompt probe: {line}" for line in failures)
+                return
             value = probe(model)
     except Exception as exc:
         verdict.results["probe"] = f"raised {type(exc).__name__}"

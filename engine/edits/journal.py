@@ -16,12 +16,17 @@ assign=True)``, ``model.to(...)``); in-place writes (``copy_``) need nothing.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from engine import policy
 from engine.edits import gate
+from engine.edits.gate import GateRules
+from engine.edits.probes import as_probe
 from engine.edits.content import PreEditContent, content_hash, write_back
 from engine.edits.errors import JournalBusy, RevertFailed
 from engine.edits.owner import release, take_ownership
@@ -30,6 +35,8 @@ from engine.edits.transaction import Edit
 from engine.fsutil import secure_mkdir
 from engine.store.identity import tie_groups
 from engine.store.write_tracker import SpanOwners
+
+log = logging.getLogger(__name__)
 
 EDITS_DIR = "edits"
 DEFAULT_HOLD_BYTES = 512 << 20  # host copies of recent pre-edit content kept for reverts without a file read
@@ -50,11 +57,23 @@ class EditJournal:
     """The edit journal of one model in one run directory (see the module docstring)."""
 
     def __init__(self, model: torch.nn.Module, run_dir: str | Path, *, hold_bytes: int = DEFAULT_HOLD_BYTES,
-                 relative_change_limit: float | None = None):
+                 relative_change_limit: float | None = None, rules: GateRules | Callable[[], GateRules] | None = None,
+                 tokenizer=None, checkpoint: Callable[[int, str], str] | None = None,
+                 checkpoint_every: int = 0, checkpoint_above: float = 0.0):
+        """`rules`: the gate's limits and baseline (engine/edits/gate.py), or a callable giving the
+        current ones (the engine's policy); `relative_change_limit` overrides its edit limit.
+        `tokenizer`: for prompt probes. `checkpoint(edit_id, reason) -> checkpoint id`: called
+        after a commit when the "edit_checkpoint" policy asks (every `checkpoint_every` commits,
+        or a tensor's ||dW||/||W|| >= `checkpoint_above`; 0 turns either off)."""
         self.model = model
         self.run_dir = Path(run_dir).expanduser()
         self.dir = secure_mkdir(self.run_dir / EDITS_DIR)
         self.relative_change_limit = relative_change_limit
+        self.rules = rules
+        self.tokenizer = tokenizer
+        self.checkpoint = checkpoint
+        self.checkpoint_every, self.checkpoint_above = checkpoint_every, checkpoint_above
+        self._commits_since_checkpoint = 0
         self._owner_fd = take_ownership(self.dir)
         if self._owner_fd is None:
             raise JournalBusy(f"another journal holds the model of {self.run_dir} (an engine or a script; "
@@ -68,6 +87,7 @@ class EditJournal:
             raise
         self._index = ParameterIndex(model)
         self._active: Edit | None = None
+        self.listeners: list[Callable[[EditRecord], None]] = []  # told of every entry written (the engine's events)
 
     def reindex(self) -> None:
         """Index the parameters again (after they were rebound to new tensors)."""
@@ -75,13 +95,44 @@ class EditJournal:
 
     # -- edits --------------------------------------------------------------------------------
 
-    def edit(self, description: str, *, probe: Callable | None = None, probe_min: float = 0.5, **meta) -> Edit:
+    def edit(self, description: str, *, probe=None, probe_min: float = 0.5, **meta) -> Edit:
         """A transaction around one edit: `with journal.edit("...", layer=3) as edit:`.
 
-        probe: `probe(model) -> bool | float`, run on the edited model; a float passes when
-        >= probe_min. Raises EditRejected (tensors put back) when a check fails.
+        probe: `probe(model) -> bool | float`, run on the edited model (a float passes when
+        >= probe_min), or prompts with expected continuations, `[("The capital of France is",
+        " Paris"), ...]` (engine/edits/probes.py: each must stay the model's top next token).
+        Raises EditRejected (tensors put back) when a check fails.
         """
-        return Edit(self, description, meta, probe, probe_min)
+        return Edit(self, description, meta, as_probe(probe, self.tokenizer), probe_min)
+
+    def gate_rules(self) -> GateRules:
+        """The rules the gate applies now."""
+        rules = self.rules() if callable(self.rules) else (self.rules or GateRules())
+        if self.relative_change_limit is not None:
+            rules = dataclasses.replace(rules, relative_limit=self.relative_change_limit)
+        return rules
+
+    def _after_commit(self, edit: Edit, checks: dict) -> None:
+        """The policy's checkpoint at this commit, if it asks for one (recorded on the edit's row)."""
+        self._commits_since_checkpoint += 1
+        if self.checkpoint is None:
+            return
+        largest = max((c.relative for c in checks.values()), default=0.0)
+        reason = policy.edit_checkpoint_reason(self._commits_since_checkpoint, largest,
+                                               self.checkpoint_every, self.checkpoint_above)
+        if not reason:
+            return
+        try:
+            checkpoint_id = self.checkpoint(edit.id, reason)
+        except Exception as exc:  # the edit is committed; the missing checkpoint is recorded on it
+            log.warning("the checkpoint after edit %s failed: %s", edit.id, exc)
+            self._db.set_checkpoint(edit.id, "", f"{reason}; the checkpoint FAILED: {type(exc).__name__}: {exc}")
+            self._tell(edit.id)
+            return
+        self._commits_since_checkpoint = 0
+        edit.checkpoint = checkpoint_id
+        self._db.set_checkpoint(edit.id, checkpoint_id, reason)
+        self._tell(edit.id)
 
     def _begin(self, edit: Edit) -> None:
         if self._owner_fd is None:
@@ -93,6 +144,23 @@ class EditJournal:
     def _end(self, edit: Edit) -> None:
         if self._active is edit:
             self._active = None
+
+    def _add(self, *args, **kwargs) -> int:
+        """Write one journal entry (JournalDB.add) and tell the listeners."""
+        entry_id = self._db.add(*args, **kwargs)
+        self._tell(entry_id)
+        return entry_id
+
+    def _tell(self, entry_id: int) -> None:
+        """Tell the listeners about an entry; one that fails is logged (the entry is written)."""
+        if not self.listeners:
+            return
+        record = self._db.show(entry_id)
+        for listener in list(self.listeners):
+            try:
+                listener(record)
+            except Exception:
+                log.exception("an edit-journal listener failed on entry %s", entry_id)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -116,6 +184,12 @@ class EditJournal:
             raise RuntimeError("revert inside an edit block: finish the edit first")
         plan = self._db.plan_revert(int(edit_id), cascade)
         return [self._revert_one(r) for r in plan]
+
+    def plan(self, edit_id: int) -> tuple[list[EditRecord], list[int]]:
+        """What `revert(edit_id, cascade=True)` would undo (newest first) and which of those are
+        later edits (a plain revert is refused when there are any). RevertRefused when not live."""
+        plan = self._db.plan_revert(int(edit_id), cascade=True)
+        return plan, sorted(r.id for r in plan if r.id != int(edit_id))
 
     def _revert_one(self, record: EditRecord) -> int:
         live = {}
@@ -145,7 +219,7 @@ class EditJournal:
                                    "recorded pre-edit content; check the machine's memory.")
             changes.append(TensorChange(change.name, change.dtype, change.shape, change.nbytes,
                                         change.hash_after, change.hash_before, check.delta_norm, check.relative))
-        return self._db.add(REVERT, f"revert edit {record.id}: {record.description}", {"reverts": record.id},
+        return self._add(REVERT, f"revert edit {record.id}: {record.description}", {"reverts": record.id},
                             COMMITTED, [], {"verified": "pre-edit hashes match"}, changes, reverts=record.id)
 
     # -- lifetime -----------------------------------------------------------------------------

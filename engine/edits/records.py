@@ -202,12 +202,24 @@ class JournalDB:
                 conn.execute("UPDATE edits SET reverted_by = ? WHERE id = ?", (edit_id, reverts))
         return edit_id
 
+    def set_checkpoint(self, edit_id: int, checkpoint_id: str, reason: str) -> None:
+        """Record on an edit's row the checkpoint taken when it committed (in its gate results)."""
+        conn = self._conn()
+        with conn:
+            conn.execute("UPDATE edits SET gate = json_set(gate, '$.checkpoint', ?, '$.checkpoint_reason', ?)"
+                         " WHERE id = ?", (checkpoint_id, reason, edit_id))
+
     # -- reading ------------------------------------------------------------------------------
 
     def list(self, since_id: int = 0) -> list[EditRecord]:
         """Every entry with id > since_id, oldest first."""
         rows = self._conn().execute(_LIST, (since_id,))
         return list(map(EditRecord, rows))
+
+    def list_recent(self, limit: int) -> list[EditRecord]:
+        """The newest `limit` entries, oldest first."""
+        rows = self._conn().execute(_SELECT + " ORDER BY id DESC LIMIT ?", (int(limit),)).fetchall()
+        return list(map(EditRecord, reversed(rows)))
 
     def show(self, edit_id: int) -> EditRecord:
         row = self._conn().execute(_SHOW, (edit_id,)).fetchone()

@@ -3,8 +3,9 @@
 Entering pushes a write tracker (engine/store/write_tracker.py) and nothing else. The first
 in-place write into a parameter's bytes copies that parameter (only it) to the host, before
 the write runs. On leaving, the gate measures the touched tensors against their copies and
-runs the probe; the edit then commits (journal row, pre-edit blobs) or every touched tensor
-is put back from its copy, bit for bit, and the journal records why.
+runs the probe (hashing what the edit left in the same pass); the edit then commits (pre-edit
+blobs made durable, then the journal row, then the policy's checkpoint if it asks for one) or
+every touched tensor is put back from its copy, bit for bit, and the journal records why.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.edits import gate
-from engine.edits.content import HostCopy, content_hash, copy_tensor, write_back
+from engine.edits.content import HostCopy, content_hash, content_hasher, copy_tensor, crash_point, write_back
 from engine.edits.errors import EditRejected
 from engine.edits.records import COMMITTED, EDIT, FAILED, REJECTED, TensorChange
 from engine.store.write_tracker import WriteTracker
 
 
 class Edit:
-    """The handle of an edit in progress; after the block: `id`, `outcome`, `reasons`, `touched`.
+    """The handle of an edit in progress; after the block: `id`, `outcome`, `reasons`, `touched`,
+    `checkpoint`.
 
     `journal` is the EditJournal that made it (not imported here: the journal imports this).
     """
@@ -35,6 +37,7 @@ class Edit:
         self.id: int | None = None
         self.outcome: str | None = None
         self.reasons: list[str] = []
+        self.checkpoint: str | None = None  # the checkpoint the policy asked for at commit
         self._copies: dict[int, HostCopy] = {}
         self._tracker: WriteTracker | None = None
 
@@ -81,20 +84,28 @@ class Edit:
     # -- deciding -----------------------------------------------------------------------------
 
     def _decide(self) -> None:
-        tensors = self.journal._index.tensors
-        checks = {c.name: gate.measure(tensors[i].detach(), c.typed(tensors[i].device))
-                  for i, c in self._copies.items()}
-        verdict = gate.judge(checks, self.journal.relative_change_limit)
+        journal = self.journal
+        tensors = journal._index.tensors
+        rules = journal.gate_rules()
+        magnitude = rules.baseline is not None
+        checks, after = {}, {}
+        for i, c in self._copies.items():
+            live = tensors[i].detach()
+            hasher = content_hasher(c, live)
+            checks[c.name] = gate.measure(live, c.typed(live.device), magnitude=magnitude, hasher=hasher)
+            after[i] = hasher.hexdigest() if hasher is not None else content_hash(c.name, live)
+        verdict = gate.judge(checks, rules)
         if verdict.passed:
-            gate.run_probe(verdict, self.probe, self.journal.model, self.probe_min)
+            gate.run_probe(verdict, self.probe, journal.model, self.probe_min)
         if not verdict.passed:
             self._roll_back()
             self._record(REJECTED, verdict.reasons, verdict.results, checks)
             raise EditRejected(self.description, verdict.reasons, self.id)
-        for copy in self._copies.values():
-            self.journal._content.keep(copy)
-        after = {i: content_hash(c.name, tensors[i]) for i, c in self._copies.items()}
+        journal._content.keep(list(self._copies.values()))  # write-ahead: pre-edit content durable first
+        crash_point("pre_edit_durable")
         self._record(COMMITTED, [], verdict.results, checks, after)
+        crash_point("committed")
+        journal._after_commit(self, checks)
 
     def _roll_back(self) -> None:
         tensors = self.journal._index.tensors
@@ -111,4 +122,4 @@ class Edit:
                 check.delta_norm if check else None, check.relative if check else None))
         results = {**results, "tensors": {name: {"finite": ch.finite} for name, ch in checks.items()}}
         self.outcome, self.reasons = outcome, list(reasons)
-        self.id = self.journal._db.add(EDIT, self.description, self.meta, outcome, reasons, results, changes)
+        self.id = self.journal._add(EDIT, self.description, self.meta, outcome, reasons, results, changes)

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import torch
 
 from engine.commands import Shutdown
-from engine.events import Alert, CommandDone, EngineState, EngineStateChanged, Progress, RollbackMemory, RunOutcome
+from engine.events import (Alert, CommandDone, EditRecorded, EngineState, EngineStateChanged, Progress,
+                           RollbackMemory, RunOutcome)
 from engine.fsutil import secure_mkdir
 from engine.policy import Severity
 from engine.policy_file import PolicyError
@@ -28,6 +29,7 @@ from engine.rollback_memory import parse_rollback_memory, plan_rollback_memory
 from engine.runtime.checkpoint_sync import CheckpointSync
 from engine.runtime.coupling import Coupling
 from engine.runtime.detection_watch import DetectionWatch
+from engine.runtime.drift import DriftWatch
 from engine.runtime.experiment_context import last_frame_in
 from engine.runtime.experiment_runner import ExperimentRunner
 from engine.runtime.handlers import CommandHandlers
@@ -76,6 +78,7 @@ class EngineCore:
         self.halted_at = 0.0  # perf_counter() when the last stopped experiment had unwound
         self.health = HealthWatch(self)
         self.detection = DetectionWatch(self)
+        self.drift = DriftWatch(self)
         self.sync = CheckpointSync(self)
         self.coupling = Coupling(self)
         self.runner = ExperimentRunner(self)
@@ -263,7 +266,6 @@ class EngineCore:
         from engine.benchmarks import save_baseline_metrics
         from engine.checkpointing import CheckpointManager
         from engine.introspection import WeightInspector
-        from engine.model_manager import ModelManager
         from engine.paths import resolve_run_dir
         from engine.safety_monitor import SafetyMonitor
 
@@ -273,8 +275,7 @@ class EngineCore:
         self.set_state(EngineState.LOADING, f"loading {config.model}")
         try:
             parse_rollback_memory(config.rollback_memory)
-            self.manager = ModelManager(config.model, device=config.device, dtype=config.dtype,
-                                        tokenizer=config.tokenizer, progress=self.progress_callback("model"))
+            self.manager = self.open_model_manager()
             loaded = self.manager.load_model()
         except ValueError as exc:  # a nonsense device, dtype or rollback memory
             self.manager, loaded = None, False
@@ -305,6 +306,7 @@ class EngineCore:
         self.inspector = WeightInspector(self.model, config.model)
         if not readonly:
             self.open_memory()
+            self.publish_recent_edits()
         checkpoint_dir = self.run_dir / "checkpoints"
         if not readonly:
             self.checkpoints = CheckpointManager(self.model, checkpoint_dir, memory_budget=self.rollback_budget())
@@ -360,6 +362,14 @@ class EngineCore:
             self.checkpoints.release_memory_snapshot()
         staging_pool().release()
 
+    def open_model_manager(self) -> Any:
+        """The ModelManager that loads the model (and reloads it for recovery); a seam for supervised models."""
+        from engine.model_manager import ModelManager
+
+        config = self.config
+        return ModelManager(config.model, device=config.device, dtype=config.dtype,
+                            tokenizer=config.tokenizer, progress=self.progress_callback("model"))
+
     def open_memory(self) -> None:
         """Open the run's MemorySystem; a damaged database must not keep the model unguarded."""
         from engine.memory import MemoryStoreError, MemorySystem
@@ -383,9 +393,44 @@ class EngineCore:
             self.journal = None
         if self.journal is None:
             from engine.edits import EditJournal
+            from engine.edits.report import edit_info
 
-            self.journal = EditJournal(self.model, self.run_dir)
+            p = self.detection.policy
+            on = p.enabled.get("edit_checkpoint", True)
+            self.journal = EditJournal(
+                self.model, self.run_dir, rules=self.edit_gate_rules, tokenizer=self.tokenizer,
+                checkpoint=self.checkpoint_for_edit if self.checkpoints is not None else None,
+                checkpoint_every=int(p.param("edit_checkpoint", "every")) if on else 0,
+                checkpoint_above=p.param("edit_checkpoint", "above") if on else 0.0)
+            self.journal.listeners.append(lambda record: self.publish(EditRecorded(edit=edit_info(record))))
         return self.journal
+
+    def edit_gate_rules(self) -> Any:
+        """The edit gate's rules under the run's policy: the baseline rule while the run has baseline statistics."""
+        from engine.edits.gate import GateRules
+
+        p, detector = self.detection.policy, self.detection.detector
+        baseline = detector.baseline if detector is not None and p.enabled.get("baseline_departure", True) else None
+        return GateRules(baseline=baseline, departure_limit=p.param("baseline_departure", "high"))
+
+    def checkpoint_for_edit(self, edit_id: int, reason: str) -> str:
+        """The checkpoint the edit_checkpoint policy asked for when edit `edit_id` committed."""
+        metadata = checkpoint_metadata(CheckpointState.EDIT, f"after edit {edit_id} ({reason})",
+                                       health=self.health.label(), tags=[CheckpointState.EDIT, f"edit-{edit_id}"],
+                                       edit_id=edit_id)
+        try:
+            return self.save_checkpoint(metadata, hold=False)
+        except Exception as exc:
+            self.alert("HIGH", f"The checkpoint the policy asked for after edit {edit_id} failed: {exc}. "
+                               "The edit is committed and revertible; save a checkpoint by hand (s).")
+            raise
+
+    def publish_recent_edits(self) -> None:
+        """The run directory's recent journal entries (earlier engines' edits), for the Edits screen."""
+        from engine.edits.report import recent_edits
+
+        for event in recent_edits(self.run_dir):
+            self.publish(event)
 
     def bind_model(self) -> None:
         """Take the model, tokenizer, device and dtype from the model manager.

@@ -20,6 +20,7 @@ from engine.detection.detector import metric_values
 from engine.health_scan import scan_model
 from engine.policy import Action, Policy, strongest_action
 from engine.policy_file import load_run_policy
+from engine.policy_info import policy_info
 
 SOURCE = "detection"
 
@@ -46,6 +47,7 @@ class DetectionWatch:
         self.detector = Detector(core.model, self.policy, baseline=baseline)
         if self.policy.sources:
             core.alert("INFO", f"Policy from {', '.join(self.policy.sources)}", source=SOURCE)
+        core.publish(policy_info(self.policy, core.run_dir))
 
     def record_baseline(self, checkpoint_id: str, *, fresh: bool = False) -> None:
         """Baseline statistics: reloaded from the run directory when they fit this model, else measured (and saved)."""
@@ -61,6 +63,10 @@ class DetectionWatch:
             if path is not None and not core.config.readonly:
                 stats.save(path)
         self.detector.set_baseline(stats)
+        if checkpoint_id:
+            core.drift.start(checkpoint_id)
+        elif core.drift.tracker is not None:
+            core.drift.tracker.forget()
 
     def judge_step(self, step: int, health: dict, loss: Any = None,
                    metrics: Mapping[str, Any] | None = None) -> tuple[Action, list[dict]]:
@@ -87,6 +93,8 @@ class DetectionWatch:
                 cleared += 1
         if self.detector is not None:
             self.detector.forget_weights()
+        if core.drift.tracker is not None:
+            core.drift.tracker.forget()
         if cleared:
             core.alert("MEDIUM", f"Restored {checkpoint_id}: cleared the gradients of {cleared} parameters. The "
                                "experiment's optimizer state (momentum, Adam moments, learning-rate schedule) "

@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.commands import Command, EmergencyStop, Shutdown
 from engine.events import CommandDone, EngineState, Event
+from engine.requirements_check import check_engine_requirements
 from engine.runtime.event_stream import EventStream
 from engine.runtime.shutdown_result import SKIPPED, TIMED_OUT, ShutdownResult
 from engine.runtime.stop import EMERGENCY, SHUTDOWN, StopSignal
@@ -43,6 +44,7 @@ class EngineConfig:
     policy_file: str | Path | None = None  # a TOML policy over the defaults and the run dir's policy.toml
     serve: bool = False  # serve <run_dir>/engine.sock so consoles can attach (engine.runtime.server); not when readonly
     on_detach: str = "continue"  # when the last attached console leaves: continue, pause (until one attaches) or stop
+    supervised: str | None = None  # the script's name when engine.supervise runs the engine inside that script
     shutdown_timeout: float = 120.0  # seconds Engine.shutdown() waits for the experiment to stop and the final save
     rollback_memory: str | int = "auto"  # host memory for fast rollback: bytes, "16G", "auto" (what fits) or "off"
 
@@ -80,8 +82,10 @@ class Engine:
         """Start the engine thread (it loads the model), and its socket server when `config.serve`.
 
         Starting twice is an error, and so is serving a run directory another
-        engine already serves (engine.runtime.server.EngineServerError).
+        engine already serves (engine.runtime.server.EngineServerError); so are missing or too old
+        torch, transformers, ... (engine.requirements_check.EngineRequirementsError).
         """
+        check_engine_requirements()
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("this Engine was already started; create a new Engine to start again")

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 HEALTH_HISTORY = 120  # matches the console's gauge history
 RECENT_ALERTS = 1000
+RECENT_EDITS = 200  # edit-journal entries a console is sent on attach (engine.edits.report.RECENT_EDITS)
 JOURNAL = "alerts.jsonl"
 
 
@@ -34,12 +35,15 @@ class EngineView:
         self.health: collections.deque[ev.HealthSnapshot] = collections.deque(maxlen=HEALTH_HISTORY)
         self.checkpoints: ev.CheckpointList | None = None
         self.coupling: ev.CouplingView | None = None
+        self.policy: ev.PolicyInfo | None = None
+        self.drift: ev.DriftMap | None = None
         self.step: ev.ExperimentStep | None = None
         self.progress: dict[str, ev.Progress] = {}
         self.alerts: collections.deque[ev.Alert] = collections.deque(maxlen=RECENT_ALERTS)
         self.outcome: ev.RunOutcome | None = None
         self.restores = 0  # successful restores and rollbacks so far
         self.rollback_memory: ev.RollbackMemory | None = None
+        self.edits: dict[int, ev.EditRecorded] = {}  # the newest journal entries by id, oldest first
 
     def apply(self, event: ev.Event) -> None:
         if isinstance(event, ev.EngineStateChanged):
@@ -59,17 +63,35 @@ class EngineView:
             self.restores += int(event.ok)
         elif isinstance(event, ev.CouplingView):
             self.coupling = event
+        elif isinstance(event, ev.PolicyInfo):
+            self.policy = event
+        elif isinstance(event, ev.DriftMap):
+            self.drift = event
         elif isinstance(event, ev.ExperimentStep):
             self.step = event
         elif isinstance(event, ev.RunOutcome):
             self.outcome = event
         elif isinstance(event, ev.RollbackMemory):
             self.rollback_memory = event
+        elif isinstance(event, ev.EditRecorded):
+            self._record_edit(event)
         elif isinstance(event, ev.Progress):
             if event.finished:
                 self.progress.pop(event.task, None)
             else:
                 self.progress[event.task] = event
+
+    def _record_edit(self, event: ev.EditRecorded) -> None:
+        """Keep the entry (a revert also marks the edit it undid) and only the newest RECENT_EDITS."""
+        self.edits.pop(event.edit.id, None)
+        self.edits[event.edit.id] = event
+        undone = self.edits.get(event.edit.reverts) if event.edit.reverts is not None else None
+        if undone is not None and undone.edit.reverted_by != event.edit.id:
+            marked = dataclasses.replace(undone.edit, reverted_by=event.edit.id)
+            self.edits[marked.id] = dataclasses.replace(undone, edit=marked)
+        while len(self.edits) > RECENT_EDITS:
+            del self.edits[min(self.edits)]
+        self.edits = dict(sorted(self.edits.items()))
 
     def _edit_checkpoints(self, edit) -> None:
         current = self.checkpoints or ev.CheckpointList()
@@ -80,8 +102,8 @@ class EngineView:
         out: list[ev.Event] = []
         out.extend(earlier_alerts)
         out.extend(self.alerts)
-        for item in (self.rollback_memory, self.checkpoints, self.coupling, *self.health, *self.progress.values(),
-                     self.step, self.state):
+        for item in (self.rollback_memory, self.checkpoints, self.coupling, self.policy, self.drift, *self.edits.values(),
+                     *self.health, *self.progress.values(), self.step, self.state):
             if item is not None:
                 out.append(item)
         return out

@@ -27,10 +27,12 @@ from engine.events import (
     CheckpointList,
     CommandDone,
     CouplingView,
+    DriftMap,
     EngineStateChanged,
     Event,
     HealthSnapshot,
     LogLine,
+    PolicyInfo,
     Progress,
 )
 
@@ -41,7 +43,7 @@ _KEPT = (Alert, CommandDone, EngineStateChanged)
 
 
 def coalesce_key(event: Event) -> Hashable | None:
-    if isinstance(event, (HealthSnapshot, CheckpointList, CouplingView)):
+    if isinstance(event, (HealthSnapshot, CheckpointList, CouplingView, DriftMap, PolicyInfo)):
         return type(event).kind
     if isinstance(event, Progress):
         return ("progress", event.task)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from engine.commands import Command, Compare, Delete, EmergencyStop, Pause, Restore, Resume, RunExperiment, Save, Shutdown
-from engine.events import CommandDone, ComparisonReady, TensorChange
+from engine.commands import (Command, Compare, Delete, EmergencyStop, Pause, PlanRevert, Restore, Resume, RevertEdit,
+                             RunExperiment, Save, Shutdown)
+from engine.events import CommandDone, ComparisonReady, RevertPlanned, TensorChange
 from engine.policy import change_severity
 from engine.runtime.experiment_context import DEMO
 from engine.runtime.stop import EmergencyStopRequested
@@ -43,6 +44,8 @@ class CommandHandlers:
             Resume: self.resume,
             EmergencyStop: self.emergency_stop,
             RunExperiment: self.run_experiment,
+            PlanRevert: self.plan_revert,
+            RevertEdit: self.revert_edit,
         }
 
     def handle(self, item: tuple[int, Command] | None) -> None:
@@ -161,3 +164,34 @@ class CommandHandlers:
         if name is None:
             return Reply(False, core.engine.error_experiment or "the experiment could not be loaded")
         return Reply(True, f"starting {name}", name)
+
+    def plan_revert(self, command: PlanRevert) -> Reply:
+        from engine.edits import RevertRefused
+
+        try:
+            plan, later = self._core.edit_journal().plan(command.edit_id)
+        except (KeyError, RevertRefused) as exc:
+            return Reply(False, str(exc).strip("'\""))
+        tensors = sorted({n for record in plan for n in record.names})
+        self._core.publish(RevertPlanned(edit_id=command.edit_id, edits=tuple(r.id for r in plan),
+                                         tensors=tuple(tensors), later=tuple(later)))
+        return Reply(True, f"reverting edit {command.edit_id} undoes {len(plan)} edit(s)")
+
+    def revert_edit(self, command: RevertEdit) -> Reply:
+        """Revert through the journal; its listener publishes each revert entry (EditRecorded)."""
+        from engine.edits import RevertFailed, RevertRefused
+
+        journal = self._core.edit_journal()
+        try:
+            if command.expected:
+                plan, _later = journal.plan(command.edit_id)
+                if tuple(r.id for r in plan) != tuple(command.expected):
+                    return Reply(False, f"the journal changed since you confirmed: reverting edit {command.edit_id} "
+                                        f"now undoes edit(s) {', '.join(str(r.id) for r in plan)}; look again. "
+                                        "The model was not changed.")
+            entries = journal.revert(command.edit_id, cascade=command.cascade)
+        except (KeyError, RevertRefused, RevertFailed) as exc:
+            return Reply(False, str(exc).strip("'\""))
+        return Reply(True, f"reverted edit {command.edit_id}" + (f" and {len(entries) - 1} later edit(s)"
+                                                                if len(entries) > 1 else ""),
+                     ",".join(map(str, entries)))

@@ -81,6 +81,7 @@ class HealthWatch:
                                      perplexity_off="no tokenizer" if core.tokenizer is None else ""),
             )
         )
+        core.drift.tick()
 
     def measure_baseline(self) -> dict | None:
         """Benchmark the model and make the result the baseline (and the latest perplexity); None without a tokenizer."""

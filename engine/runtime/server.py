@@ -94,7 +94,8 @@ class EngineServer:
         self._listener = listener
         self.engine._events.add_tap(self.on_event)
         self._entry = register({"pid": os.getpid(), "socket": str(self.path), "run_dir": str(self.run_dir),
-                                         "model": str(self.engine.config.model), "started_at": self.view.started_at})
+                                         "model": str(self.engine.config.model), "started_at": self.view.started_at,
+                                         "supervised": self.engine.config.supervised})
         self._acceptor = threading.Thread(target=self._accept_loop, name="redline-server", daemon=True)
         self._acceptor.start()
 
@@ -230,7 +231,7 @@ class EngineServer:
     def _act_on_detach(self) -> None:
         """The last console left: pause the experiment (until one attaches) or stop safely, as configured."""
         action = getattr(self.engine.config, "on_detach", "continue")
-        if self._stopping.is_set() or self.engine.state is EngineState.STOPPED:
+        if action == "continue" or self._stopping.is_set() or self.engine.state is EngineState.STOPPED:
             return
         if action == "pause" and self.engine.state is EngineState.RUNNING:
             self._paused_on_detach = True

@@ -119,12 +119,16 @@ class StopSupervisor:
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
-        with self._lock:
-            self._thread_id = threading.get_ident()
+        self.enter()
         try:
             yield
         finally:
             self.leave()
+
+    def enter(self) -> None:
+        """Enter the guarded region in the calling thread (`guard()` is enter + leave)."""
+        with self._lock:
+            self._thread_id = threading.get_ident()
 
     def leave(self) -> None:
         """Leave the guarded region and cancel an async exception not yet delivered."""

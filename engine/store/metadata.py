@@ -21,6 +21,7 @@ class CheckpointState:
     RECOVERY = "recovery"  # saved in the middle of a failure: holds the damage
     SHUTDOWN = "shutdown"  # the final state at shutdown
     SUCCESS = "success"  # the guide's experiment template: a modification that improved the model
+    EDIT = "edit"  # taken when an edit (engine.edits) commits and the edit_checkpoint policy asks
 
 
 #: states never used as a rollback target (they may hold the damage)

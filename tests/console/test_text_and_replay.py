@@ -47,6 +47,11 @@ SAMPLES = [
     ev.RunOutcome("finished", "demo", 3, "done"),
     ev.RollbackMemory(False, 140 << 30, 64 << 30, "fast rollback: off: the model exceeds the budget"),
     ev.HealthSnapshot("OK", gauges=(ev.Gauge("ppl", "perplexity", "12.6", "LOW", 12.6, "(+7% vs 11.8)"),)),
+    ev.EditRecorded(ev.EditInfo(2, "edit", "d\x1b", "committed", 1.0, (ev.EditTensorInfo("w", 0.1, float("inf")),),
+                                gate="g", reverted_by=3, checkpoint="c")),
+    ev.RevertPlanned(2, (3, 2), ("w",), (3,)),
+    ev.PolicyInfo((ev.PolicyRule("spike", True, "z=6", "CRITICAL->rollback"),), (ev.PolicySetting("z", "6"),)),
+    ev.DriftMap("b", (ev.LayerDrift("model.layers.0", float("inf"), "w", False, "CRITICAL"),)),
 ]
 
 
