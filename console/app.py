@@ -20,6 +20,7 @@ from textual.events import Key
 from textual.message import Message
 from textual.screen import Screen
 
+from console.attached_console import EXIT_NO_FINAL_CHECKPOINT, EXIT_OK, AttachedConsole
 from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
 from console.console_state import Batch, ConsoleState
 from console.event_source import EventSource, attachment, describe, is_readonly
@@ -37,13 +38,11 @@ from console.widgets.change_bars import ChangeBars, ComparisonAnswered
 from engine import commands as cmd
 from engine.events import SEVERITIES, CommandDone, ComparisonReady, EngineState
 
-PUMP_INTERVAL = 0.1  # seconds between event drains (10 Hz)
+PUMP_INTERVAL = 0.1  # seconds between event drains (10 Hz) when the source cannot wake the UI
 MAX_EVENTS_PER_PUMP = 5000
 
-EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_TERMINATED = 143  # 128 + SIGTERM
-EXIT_NO_FINAL_CHECKPOINT = 5  # the engine's final checkpoint was due and not written (as in headless mode)
 
 
 class EngineAnswered(Message):
@@ -55,7 +54,7 @@ class EngineAnswered(Message):
         self.sent_at = sent_at  # time.perf_counter() when the command was submitted
 
 
-class RedlineApp(App[int], inherit_bindings=False):
+class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
     TITLE = "Redline"
     CSS_PATH = "redline.tcss"
     BINDINGS = BINDINGS
@@ -87,6 +86,7 @@ class RedlineApp(App[int], inherit_bindings=False):
         self.shutdown_result = None  # what the engine's shutdown did with the final checkpoint (None: a replay)
         self._pending: dict[int, tuple[float, Callable[[CommandDone], None] | None]] = {}
         self._shutting_down = False
+        self._attachment = ""  # the role and console count the header shows
         self.terminal_watch: TerminalWatch | None = None  # stopped by whoever ran the app, after run()
 
     # --- start-up -------------------------------------------------------
@@ -113,6 +113,9 @@ class RedlineApp(App[int], inherit_bindings=False):
         """The first frame is up: start pulling events."""
         self.theme_changed_signal.subscribe(self, self._theme_changed)
         self.set_interval(PUMP_INTERVAL, self.pump)
+        set_wakeup = getattr(self.source, "set_wakeup", None)
+        if set_wakeup is not None:
+            set_wakeup(self.wake)
         self.set_interval(1.0, self._tick)
         self._show_header()
         self.pump()
@@ -143,7 +146,10 @@ class RedlineApp(App[int], inherit_bindings=False):
         """Drain what the engine has published and show it, in one batch update."""
         if not self.main.is_attached:  # the app is closing; its widgets are going away
             return
+        self._last_pump = time.monotonic()
         events = self.source.drain_events(max_events=MAX_EVENTS_PER_PUMP)
+        if attachment(self.source) != self._attachment:  # a console attached or left, or the role changed
+            self._show_header()
         if not events:
             return
         batch = self.state.apply_all(events)
@@ -180,13 +186,15 @@ class RedlineApp(App[int], inherit_bindings=False):
             self._answered(done)
 
     def _show_header(self) -> None:
+        self._attachment = attachment(self.source)
         self.main.header.show(self.state, self.clock(), source_label=describe(self.source), readonly=self.readonly,
-                              attachment=attachment(self.source))
+                              attachment=self._attachment)
 
     def _tick(self) -> None:
-        """Once a second: the uptime clock."""
+        """Once a second: the uptime clock (and whether an engine asked to stop went away unanswered)."""
         if self.state.engine is not None and self.main.is_attached:
             self._show_header()
+        self.check_engine_gone()
 
     def _toast_critical(self, batch: Batch) -> None:
         critical = [e for e in batch.stream if e.severity == "CRITICAL"]
@@ -251,6 +259,8 @@ class RedlineApp(App[int], inherit_bindings=False):
             return False
         if action == "panel":
             return self.main.compact
+        if action == "take_control":
+            return not self.readonly and hasattr(self.source, "take_control")
         return True
 
     def on_key(self, event: Key) -> None:
@@ -361,8 +371,8 @@ class RedlineApp(App[int], inherit_bindings=False):
         if self._shutting_down:
             self.notify("Already stopping the engine safely…")
             return
-        if getattr(self.source, "detaches", False):  # attached over the socket: quitting leaves the engine running
-            self.stop_and_exit(EXIT_OK, "detached")
+        if getattr(self.source, "detaches", False):  # attached over the socket: stop the engine, or detach
+            self.ask_stop_or_detach()
             return
         if self.state.experiment_active and not self.readonly:
 

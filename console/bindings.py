@@ -58,8 +58,12 @@ BINDINGS: list[ConsoleBinding] = [
                    tooltip="Show the next panel (compact layout)"),
     ConsoleBinding("question_mark,f1", "help", "Help", id="help",
                    tooltip="Show every key and what the console shows", palette="Help"),
+    ConsoleBinding("c", "take_control", "Take control", id="take_control",
+                   tooltip="Attached as an observer: become the controller (asks first; the console that had "
+                           "control becomes an observer and is told)", palette="Take control"),
     ConsoleBinding("q", "quit", "Quit", id="quit",
-                   tooltip="Quit: stops the engine safely (asks first while an experiment runs)",
+                   tooltip="Quit: asks whether to stop the engine safely (y), detach and leave it running (d), "
+                           "or stay",
                    palette="Quit", command=cmd.Shutdown),
     ConsoleBinding("ctrl+q", "quit", "Quit", show=False, priority=True, id="quit_now",
                    tooltip="Quit: stops the engine safely (asks first while an experiment runs)",

@@ -11,15 +11,19 @@ from pathlib import Path
 from engine.rollback_memory import HELP as ROLLBACK_MEMORY_HELP, rollback_memory_argument
 
 EXIT_CODES = """\
-exit codes (console and replay):
-  0    quit by the operator; the engine was stopped safely
+exit codes (console, attach and replay):
+  0    quit by the operator: q then y stopped the engine safely (final checkpoint written), or
+       q then d detached and left it running (the reattach command is printed)
   1    the console or the engine failed (the message says why)
   2    bad command line (unknown option, missing file, unknown theme), or the engine's packages
-       missing or too old (a console-only install: pip install 'redline[engine]')
-  129  the terminal went away (SSH drop, SIGHUP); the engine was stopped safely first
-  143  terminated (SIGTERM); the engine was stopped safely first
-  5    the engine's final checkpoint was not written (the save failed, or the engine did not
-       stop within --shutdown-timeout); the last line says why. Takes precedence over 0/129/143
+       missing or too old (a console-only install: pip install 'redline[engine]'); found before
+       anything starts
+  129  the terminal went away (SSH drop, SIGHUP): the console detached; the engine keeps running with its
+       automatic procedures armed (see --on-detach); reattach with `redline attach RUN_DIR`
+  143  terminated (SIGTERM): the console detached, the engine keeps running
+  5    q then y: the engine's final checkpoint was not written (the save failed, or the engine did not
+       stop within --shutdown-timeout); the last line says why. Takes precedence over 0
+  with --readonly the engine runs inside the console: 129 and 143 stop it first (it writes nothing)
 
 exit codes (run --headless; details in `redline run --headless --help`):
   0 finished or stopped cleanly · 1 rolled back or the experiment raised; model recovered ·
@@ -30,7 +34,8 @@ exit codes (run --headless; details in `redline run --headless --help`):
 KEYS = """\
 keys: s save · R restore selected · ctrl+x EMERGENCY STOP · p pause/resume ·
   d compare with baseline · / filter alerts · 1-5 severity toggles · [ ] panels (small
-  terminals) · ? or F1 help · ctrl+p command palette · q or ctrl+q quit
+  terminals) · c take control (observer) · ? or F1 help · ctrl+p command palette ·
+  q or ctrl+q quit (asks: y stop the engine safely, d detach and leave it running)
 keymap: a TOML file of binding id = "key" (ids listed in the help screen), e.g.
   [keymap]
   save = "f2"
@@ -68,7 +73,9 @@ def console_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="redline",
         description="Redline: a safety console for changing a language model's weights while it runs. "
-        "Starts the engine (which loads the model in its own thread) and the full-screen console. "
+        "Starts the engine as its own background process (serving <run_dir>/engine.sock; its log is "
+        "<run_dir>/engine.log) and attaches the full-screen console to it: losing the terminal only detaches, "
+        "the experiment goes on (--on-detach), and `redline attach` brings the console back. "
         "Other forms: `redline run --headless [...]` runs an experiment without the console, printing "
         "events as JSON lines; `redline run --detach [...]` starts the engine in the background, serving "
         "<run_dir>/engine.sock; `redline attach [RUN_DIR|PID]` (or `--socket PATH`) opens the console on a "
@@ -105,9 +112,17 @@ def console_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shutdown-timeout", type=float, default=120.0, metavar="S",
                         help="seconds to wait, on quit, for the experiment to stop and the final checkpoint "
                         "to be written before exiting with code 5 (default 120)")
+    add_on_detach_option(parser)
     _add_display_options(parser)
     parser.add_argument("--version", action="version", version=f"redline {_version()}")
     return parser
+
+
+def add_on_detach_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--on-detach", choices=("continue", "pause", "stop"), default="continue",
+                        help="what the engine does when its last console leaves: continue (default), pause "
+                        "the experiment at its next step until a console attaches, or stop safely with a "
+                        "final checkpoint")
 
 
 def replay_parser() -> argparse.ArgumentParser:
@@ -187,15 +202,22 @@ def _console(args: argparse.Namespace) -> int:
             load_policy_file(args.policy)
         except PolicyError as exc:
             return _fail(f"--policy: {exc}")
+    if args.readonly:
+        return _console_in_process(args)
+    return _console_detachable(args)
+
+
+def _console_in_process(args: argparse.Namespace) -> int:
+    """--readonly: the engine in this process (it writes nothing to the run dir, not even a socket)."""
     from engine.runtime import Engine, EngineConfig
 
     config = EngineConfig(
         model=args.model,
-        experiment=None if experiment == "none" else experiment,
+        experiment=None if args.experiment == "none" else args.experiment,
         run_dir=args.run_dir,
         device=args.device,
         dtype=args.dtype,
-        readonly=args.readonly,
+        readonly=True,
         forensic_checkpoints=not args.no_forensic,
         threads=engine_threads(),
         tokenizer=str(args.tokenizer) if args.tokenizer is not None else None,
@@ -204,6 +226,56 @@ def _console(args: argparse.Namespace) -> int:
         rollback_memory=args.rollback_memory,
     )
     return run_console(Engine(config), args)
+
+
+def _console_detachable(args: argparse.Namespace) -> int:
+    """Start the engine as its own background process and attach to it: losing the terminal only detaches."""
+    from console import remote_cli
+    from console.engine_client import EngineClient, EngineClientError
+    from engine.paths import resolve_run_dir
+
+    run_dir = resolve_run_dir(args.run_dir, args.model).absolute()
+    try:
+        _pid, sock = remote_cli.start_engine(engine_argv(args, run_dir), run_dir, progress=_progress)
+    except remote_cli.EngineStartError as exc:
+        if exc.code == 2 and _offer_attach(run_dir):
+            return remote_cli.attach(argparse.Namespace(**{**vars(args), "target": str(run_dir), "socket": None,
+                                                           "observer": False}), run_console)
+        return _fail(str(exc), exc.code)
+    client = EngineClient(sock)
+    try:
+        client.start()
+    except EngineClientError as exc:
+        return _fail(f"{exc}; the engine may still be running: `redline ps`", 1)
+    return run_console(client, args)
+
+
+def engine_argv(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The `redline run` options that start the engine the console's options describe."""
+    argv = ["--model", args.model, "--experiment", args.experiment, "--run-dir", str(run_dir),
+            "--shutdown-timeout", str(args.shutdown_timeout), "--on-detach", args.on_detach,
+            "--rollback-memory", str(args.rollback_memory)]
+    for option, value in (("--device", args.device), ("--dtype", args.dtype), ("--tokenizer", args.tokenizer),
+                          ("--policy", args.policy)):
+        if value is not None:
+            argv += [option, str(value)]
+    return argv + (["--no-forensic"] if args.no_forensic else [])
+
+
+def _progress(text: str) -> None:
+    print(f"redline: {text}", file=sys.stderr, flush=True)
+
+
+def _offer_attach(run_dir: Path) -> bool:
+    """An engine already serves `run_dir`: on a terminal, ask whether to attach to it instead."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    print(f"redline: an engine already serves {run_dir}.", file=sys.stderr)
+    try:
+        answer = input("Attach to it? [y/N] ")
+    except (EOFError, KeyboardInterrupt):
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _check_model_options(args: argparse.Namespace) -> str | None:
@@ -263,6 +335,8 @@ def run_console(source, args: argparse.Namespace) -> int:
     lines = [app.exit_reason] if app.exit_reason and code else []
     if result is not None and not result.ok:
         lines.append(result.describe())  # the last line: the model's last state was not saved
+    if getattr(source, "detaches", False) and not app.engine_stopped and code != EXIT_NO_FINAL_CHECKPOINT:
+        lines.append(f"detached; the engine keeps running. Reattach: {source.reattach_hint}")
     for line in lines:
         try:
             print(f"redline: {line}", file=sys.stderr)

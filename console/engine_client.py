@@ -18,15 +18,18 @@ import os
 import socket
 import threading
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from engine import protocol
 from engine.commands import Command, Shutdown
-from engine.events import Alert, CommandDone, EngineState, EngineStateChanged, Event, LogLine
+from engine.events import (Alert, CommandDone, EngineState, EngineStateChanged, Event, ExperimentStep, HealthSnapshot,
+                           LogLine, Progress)
 from engine.protocol import ProtocolError
 from engine.runtime.socket_paths import connect
 
 BUFFER = 200_000  # events held for the UI between drains
+ROUTINE = (ExperimentStep, HealthSnapshot, LogLine, Progress)  # steady streams: shown at the UI's own pace
 CONNECT_TIMEOUT = 10.0
 
 
@@ -57,6 +60,8 @@ class EngineClient:
         self._state = EngineState.STARTING
         self._alive = False
         self.snapshots = 0  # snapshots received (more than one: the engine resynchronised this client)
+        self._wakeup: Callable[[], None] | None = None
+        self._wake_pending = False  # the wake-up was called and no drain has happened since
 
     # -- the console's event-source interface ---------------------------------------------------------
     @property
@@ -67,6 +72,22 @@ class EngineClient:
     def label(self) -> str:
         pid = self.server.get("pid", "?")
         return f"engine {pid} · {self.server.get('model', '?')} · {self.role}"
+
+    @property
+    def reattach_hint(self) -> str:
+        """The command that attaches to this engine again."""
+        run_dir = self.server.get("run_dir")
+        served = self.server.get("socket")
+        if run_dir and served and Path(served) == self.path:
+            return f"redline attach {run_dir}"
+        return f"redline attach --socket {self.path}"
+
+    def set_wakeup(self, callback: Callable[[], None] | None) -> None:
+        """`callback()` (thread-safe, quick) is called from the reader thread when an event that answers
+        the operator or changes the picture (a command's answer, a state change, an alert, a checkpoint) or
+        the console count arrives after the last drain: once until the next drain, never once per event.
+        Steps, health scans, log lines and progress wait for the UI's regular drain."""
+        self._wakeup = callback
 
     def start(self) -> None:
         """Connect, exchange hellos, start reading (once: the app calls it again). EngineClientError when it cannot."""
@@ -138,6 +159,7 @@ class EngineClient:
 
     def drain_events(self, max_events: int | None = None) -> list[Event]:
         with self._ready:
+            self._wake_pending = False
             count = len(self._events) if max_events is None else min(max_events, len(self._events))
             return [self._events.popleft() for _ in range(count)]
 
@@ -170,6 +192,21 @@ class EngineClient:
             if isinstance(event, EngineStateChanged):
                 self._state = event.state
             self._ready.notify_all()
+        if not isinstance(event, ROUTINE):
+            self._wake()
+
+    def _wake(self) -> None:
+        callback = self._wakeup
+        if callback is None:
+            return
+        with self._ready:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            callback()
+        except RuntimeError:  # the UI loop is closed
+            pass
 
     def _read_loop(self) -> None:
         reason = "the engine closed the connection"
@@ -193,6 +230,7 @@ class EngineClient:
                                      f"{protocol.text_field(message, 'reason')}", source="console"))
                 elif kind == "clients":
                     self.clients = message.get("count") if isinstance(message.get("count"), int) else 0
+                    self._wake()
                 elif kind in ("bye", "error"):
                     reason = protocol.text_field(message, "reason" if kind == "bye" else "message", limit=500)
                     break

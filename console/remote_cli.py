@@ -33,6 +33,44 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 # -- run --detach --------------------------------------------------------------------------------------
+class EngineStartError(Exception):
+    """The background engine could not be started; the message says why (exit code in `code`)."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def start_engine(argv: list[str], run_dir: Path, progress=None) -> tuple[int, Path]:
+    """Start `engine.runtime.detached` with `argv` on `run_dir`, in a new session; its (pid, socket) once it answers.
+
+    The socket answers as soon as the engine thread starts, before the model is loaded:
+    a console attached then watches the load. `progress(text)` hears what is being waited for.
+    """
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sock = socket_path(run_dir)
+    if is_answering(sock):
+        raise EngineStartError(f"an engine already serves {run_dir}; attach to it with `redline attach {run_dir}`",
+                               EXIT_USAGE)
+    log_path = run_dir / LOG_NAME
+    with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab", closefd=True) as log:
+        child = subprocess.Popen([sys.executable, "-m", "engine.runtime.detached", *argv], stdin=subprocess.DEVNULL,
+                                 stdout=log, stderr=log, start_new_session=True, close_fds=True)
+    if progress is not None:
+        progress(f"starting the engine (pid {child.pid}, log {log_path})")
+    deadline = time.monotonic() + START_DEADLINE
+    while not is_answering(sock, timeout=1.0):
+        if child.poll() is not None:
+            tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+            raise EngineStartError(f"the engine exited with code {child.returncode} before serving; from {log_path}:"
+                                   "\n  " + "\n  ".join(tail))
+        if time.monotonic() > deadline:
+            raise EngineStartError(f"the engine (pid {child.pid}) did not answer on {sock} within "
+                                   f"{START_DEADLINE:.0f} s; see {log_path}")
+        time.sleep(0.05)
+    return child.pid, sock
+
+
 def run_detached(argv: list[str]) -> int:
     """Start an engine as its own background process; print its run dir and pid once its socket answers."""
     from engine.paths import resolve_run_dir
@@ -40,28 +78,14 @@ def run_detached(argv: list[str]) -> int:
 
     args = build_parser().parse_args(argv)
     run_dir = resolve_run_dir(args.run_dir, args.model).absolute()
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    sock = socket_path(run_dir)
-    if is_answering(sock):
-        return _fail(f"an engine already serves {run_dir}; attach with `redline attach {run_dir}`")
     rest = [a for a in argv if a != "--detach"]
     if args.run_dir is None:
         rest += ["--run-dir", str(run_dir)]
-    log_path = run_dir / LOG_NAME
-    with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab", closefd=True) as log:
-        child = subprocess.Popen([sys.executable, "-m", "engine.runtime.detached", *rest], stdin=subprocess.DEVNULL,
-                                 stdout=log, stderr=log, start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + START_DEADLINE
-    while not is_answering(sock, timeout=1.0):
-        if child.poll() is not None:
-            tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-            return _fail(f"the engine exited with code {child.returncode} before serving; from {log_path}:\n  "
-                         + "\n  ".join(tail), EXIT_FAILED)
-        if time.monotonic() > deadline:
-            return _fail(f"the engine (pid {child.pid}) did not answer on {sock} within {START_DEADLINE:.0f} s; "
-                         f"see {log_path}", EXIT_FAILED)
-        time.sleep(0.1)
-    print(f"run dir: {run_dir}\npid: {child.pid}\nlog: {log_path}\n"
+    try:
+        pid, _sock = start_engine(rest, run_dir)
+    except EngineStartError as exc:
+        return _fail(str(exc), exc.code)
+    print(f"run dir: {run_dir}\npid: {pid}\nlog: {run_dir / LOG_NAME}\n"
           f"attach: redline attach {run_dir}\nstop: redline stop {run_dir}", flush=True)
     return EXIT_OK
 

@@ -56,23 +56,52 @@ def read_journal(path: str | os.PathLike) -> JournalContents:
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            out.damaged.append(f"line {number}: not valid JSON (torn or overwritten)")
-            continue
-        if not isinstance(record, dict):
-            out.damaged.append(f"line {number}: not an alert record")
-            continue
-        seal = record.pop(CHECKSUM_KEY, None)
-        if seal is None:
-            out.damaged.append(f"line {number}: its checksum is missing")
-            continue
-        if seal != _seal(record):
-            out.damaged.append(f"line {number}: its contents do not match its checksum")
-            continue
-        out.alerts.append(record)
+        record, damage = _parse(line)
+        if record is None:
+            out.damaged.append(f"line {number}: {damage}")
+        else:
+            out.alerts.append(record)
     return out
 
 
-__all__ = ["JournalContents", "append_alert", "encode_alert", "read_journal"]
+def read_recent(path: str | os.PathLike, count: int, keep=lambda record: True, block: int = 1 << 16) -> list[dict]:
+    """The last `count` intact alerts that `keep` accepts, oldest first, read from the end of the file.
+
+    Attaching to an engine with a long history costs what the recent alerts cost, not the whole journal.
+    """
+    found: list[dict] = []
+    with open(path, "rb") as file:
+        end = file.seek(0, os.SEEK_END)
+        tail = b""
+        while end > 0 and len(found) < count:
+            start = max(0, end - block)
+            file.seek(start)
+            lines = (file.read(end - start) + tail).split(b"\n")
+            tail = lines.pop(0) if start > 0 else b""  # maybe cut: completed by the next block back
+            for line in reversed(lines):
+                record, _ = _parse(line) if line.strip() else (None, "")
+                if record is not None and keep(record):
+                    found.append(record)
+                    if len(found) == count:
+                        break
+            end = start
+    return found[::-1]
+
+
+def _parse(line: bytes) -> tuple[dict | None, str]:
+    """One journal line as its record, or None and why it cannot be used."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None, "not valid JSON (torn or overwritten)"
+    if not isinstance(record, dict):
+        return None, "not an alert record"
+    seal = record.pop(CHECKSUM_KEY, None)
+    if seal is None:
+        return None, "its checksum is missing"
+    if seal != _seal(record):
+        return None, "its contents do not match its checksum"
+    return record, ""
+
+
+__all__ = ["JournalContents", "append_alert", "encode_alert", "read_journal", "read_recent"]

@@ -14,7 +14,10 @@ from console.engine_client import EngineClient, EngineClientError
 from engine import commands as cmd
 from engine import events as ev
 from engine import protocol
+from engine.alert_journal import append_alert, read_journal, read_recent
+from engine.runtime.engine_view import journal_alerts
 from engine.runtime.registry import live_engines
+from engine.runtime.server import MAX_HANDSHAKES
 from engine.runtime.server_connection import peer_allowed, peer_uid
 from engine.runtime.socket_paths import MAX_SOCKET_PATH, connect, socket_path
 from tests.engine_harness import KEEP_CHANGING, DEADLINE, engines, tiny_model_dir, write_experiment  # noqa: F401  (fixtures)
@@ -60,6 +63,17 @@ def attach(run_dir, **kwargs) -> Seen:
     client = EngineClient(socket_path(run_dir), **kwargs)
     client.start()
     return Seen(client)
+
+
+def wait_until_attached(run_dir) -> Seen:
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            return attach(run_dir)
+        except EngineClientError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def raw_hello(path, **fields) -> tuple[socket.socket, protocol.LineReader, dict]:
@@ -201,6 +215,16 @@ def test_hello_mismatch_and_peer_uid(tmp_path, tiny_model_dir, engines):
     assert answer["t"] == "error" and "version 99" in answer["message"] and "version 1" in answer["message"]
     sock.close()
     assert peer_uid(connect(socket_path(run_dir))) == os.getuid()
+    silent = [connect(socket_path(run_dir)) for _ in range(MAX_HANDSHAKES)]  # connect, never say hello
+    extra = connect(socket_path(run_dir))
+    extra.settimeout(DEADLINE)
+    answer = json.loads(protocol.LineReader(extra, protocol.MAX_SERVER_LINE).read_line())
+    assert answer["t"] == "error" and "saying hello" in answer["message"]
+    extra.close()
+    for sock in silent:
+        sock.close()
+    attached = wait_until_attached(run_dir)  # the silent ones no longer count once they are gone
+    attached.client.shutdown()
     assert peer_allowed(os.getuid()) and not peer_allowed(os.getuid() + 1) and not peer_allowed(0, own_uid=1000)
     with pytest.raises(EngineClientError, match="cannot connect"):
         EngineClient(tmp_path / "nothing" / "engine.sock").start()
@@ -228,14 +252,29 @@ def test_a_second_engine_on_the_same_run_dir_is_refused(tmp_path, tiny_model_dir
 
 def test_reattaching_shows_what_happened_while_away(tmp_path, tiny_model_dir, engines):
     run_dir = tmp_path / "run"
-    driver = engines(tiny_model_dir, run_dir, serve=True)
+    experiment = write_experiment(tmp_path, KEEP_CHANGING)
+    driver = engines(tiny_model_dir, run_dir, experiment=experiment, serve=True, on_detach="pause")
     first = attach(run_dir)
-    first.wait_for(lambda e: isinstance(e, ev.EngineStateChanged))
-    first.client.shutdown()
-    driver.wait_until(lambda: not driver.engine.server.connections)
+    first.wait_for(lambda e: isinstance(e, ev.ExperimentStep))
+    first.client.shutdown()  # the last console leaves: --on-detach pause holds the experiment
+    driver.wait_for(lambda e: isinstance(e, ev.EngineStateChanged) and e.state is ev.EngineState.PAUSED)
     driver.engine._events.publish(ev.Alert(severity="HIGH", message="while nobody watched", source="test"))
     assert driver.command(cmd.Save(purpose="while away")).ok
     again = attach(run_dir)
     summary = again.wait_for(lambda e: isinstance(e, ev.Alert) and e.source == "away")
     assert "1 HIGH" in summary.message and "1 checkpoints" in summary.message and summary.severity == "HIGH"
+    again.wait_for(lambda e: isinstance(e, ev.EngineStateChanged) and e.state is ev.EngineState.RUNNING)  # resumed
     again.client.shutdown()
+
+
+def test_recent_alerts_are_read_from_the_end_of_the_journal(tmp_path):
+    journal = tmp_path / "alerts.jsonl"
+    for i in range(1200):
+        append_alert(journal, {"time": float(i), "severity": "INFO", "message": f"alert {i} " + "x" * 40})
+    with open(journal, "ab") as file:
+        file.write(b'{"torn": ')  # a crash mid-line: skipped, never fatal
+    recent = read_recent(journal, 100, keep=lambda r: r["time"] < 1000, block=1024)
+    assert recent == [r for r in read_journal(journal).alerts if r["time"] < 1000][-100:]
+    assert [a.message for a in journal_alerts(tmp_path, before=1000.0, limit=3)] == [
+        f"alert {i} " + "x" * 40 for i in (997, 998, 999)]
+    assert read_recent(journal, 5000) == read_journal(journal).alerts  # fewer than asked: all of them

@@ -133,16 +133,19 @@ def test_headless_sigterm_with_a_stuck_experiment_exits_5(tiny_model_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_console_sigterm_with_a_stuck_experiment_exits_5_with_the_reason(tiny_model_dir, tmp_path):
+def test_console_q_y_with_a_stuck_experiment_exits_5_with_the_reason(tiny_model_dir, tmp_path, monkeypatch):
     import pexpect
 
     from tests.console.test_cli_pty import spawn
 
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     experiment = write_experiment(tmp_path, STUCK.format(seconds=300))
     child = spawn("--model", str(tiny_model_dir), "--experiment", str(experiment), "--run-dir", str(tmp_path / "run"),
                   "--device", "cpu", "--shutdown-timeout", "1", size=(48, 160))
     child.expect("sleeping now")
-    os.kill(child.pid, signal.SIGTERM)
+    child.send("q")
+    child.expect("Stop engine")
+    child.send("y")  # stop the engine: it cannot stop within 1 s, so its process ends without the final save
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == EXIT_NO_FINAL_CHECKPOINT

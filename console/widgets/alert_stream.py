@@ -83,11 +83,15 @@ class AlertStream(Vertical):
         """Append new entries; scroll with them only if the view was already at the end."""
         log = self.log_view
         follow = log.is_vertical_scroll_end or log.max_scroll_y == 0
-        for entry in entries:
-            if self.matches(entry):
-                log.write(self._line(entry), scroll_end=follow)
-                self._shown = min(self._shown + 1, MAX_LINES)
+        lines = [self._line(entry) for entry in entries if self.matches(entry)][-MAX_LINES:]
+        self._write(lines, follow)
+        self._shown = min(self._shown + len(lines), MAX_LINES)
         self._show_status()
+
+    def _write(self, lines: list[Text], follow: bool) -> None:
+        """Many lines (a snapshot on attach) are written as one text: one layout pass, not one per line."""
+        if lines:
+            self.log_view.write(Text("\n").join(lines) if len(lines) > 1 else lines[0], scroll_end=follow)
 
     def show_all(self) -> None:
         """Redraw from scratch (after a filter or theme change)."""
@@ -95,8 +99,7 @@ class AlertStream(Vertical):
         log.clear()
         self._shown = 0
         matching = [e for e in self._entries if self.matches(e)][-MAX_LINES:]
-        for entry in matching:
-            log.write(self._line(entry), scroll_end=True)
+        self._write([self._line(entry) for entry in matching], follow=True)
         self._shown = len(matching)
         self._show_status()
 

@@ -6,6 +6,9 @@ like `redline run --headless` (every event is written to the log as a JSON
 line, so `redline replay engine.log` shows the run), but stays up after the
 experiment ends, serving consoles, until `redline stop`, SIGTERM or SIGINT
 stops it safely with a final checkpoint. SIGHUP is ignored: it has no terminal.
+A stop that does not finish within --shutdown-timeout (an experiment stuck in
+a call that cannot be interrupted) ends the process with exit code 5, after
+telling the attached consoles that the final checkpoint was not written.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from engine.runtime.engine import Engine
 from engine.runtime.headless import EXIT_BAD_INPUT, EXIT_OK, _print, _Signals, build_parser, config_from_args
 
 EXIT_FAILED = 1
+EXIT_NO_FINAL_CHECKPOINT = 5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,13 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     signals = _Signals()
     signals.install()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    stopping = False
     while engine.is_alive():
         engine.wait_events(timeout=0.5)
         _print(engine.drain_events(), sys.stdout)
-        if signals.received is not None and not stopping:
-            stopping = True
+        if signals.received is not None and not engine._shutdown_requested:
             engine.submit(Shutdown())
+        if engine._shutdown_requested:  # by a signal, `redline stop`, a console's q then y, or --on-detach stop
+            result = engine.shutdown()  # waits at most --shutdown-timeout
+            _print(engine.drain_events(), sys.stdout)
+            if engine.is_alive():  # stuck: tell the consoles why, then end the process (and the stuck thread)
+                print(f"redline: the final checkpoint was NOT written: {result.reason}", file=sys.stderr, flush=True)
+                if engine.server is not None:
+                    engine.server.stop(reason=f"the final checkpoint was NOT written: {result.reason}")
+                return EXIT_NO_FINAL_CHECKPOINT
     _print(engine.drain_events(), sys.stdout)
     return EXIT_FAILED if engine.error else EXIT_OK
 

@@ -43,6 +43,7 @@ class EngineConfig:
     tokenizer: str | Path | None = None  # a tokenizer directory other than the model's (None: the model's own)
     policy_file: str | Path | None = None  # a TOML policy over the defaults and the run dir's policy.toml
     serve: bool = False  # serve <run_dir>/engine.sock so consoles can attach (engine.runtime.server); not when readonly
+    on_detach: str = "continue"  # when the last attached console leaves: continue, pause (until one attaches) or stop
     supervised: str | None = None  # the script's name when engine.supervise runs the engine inside that script
     shutdown_timeout: float = 120.0  # seconds Engine.shutdown() waits for the experiment to stop and the final save
     rollback_memory: str | int = "auto"  # host memory for fast rollback: bytes, "16G", "auto" (what fits) or "off"

@@ -143,18 +143,16 @@ def journal_alerts(run_dir: Path | None, before: float, limit: int = RECENT_ALER
     path = Path(run_dir) / JOURNAL
     if not path.is_file():
         return []
-    from engine.alert_journal import read_journal
+    from engine.alert_journal import read_recent
+
+    def earlier(record: dict) -> bool:
+        when = record.get("time")
+        return isinstance(when, (int, float)) and not isinstance(when, bool) and when < before
 
     try:
-        records = read_journal(path).alerts
+        records = read_recent(path, limit, keep=earlier)
     except OSError as exc:
         log.warning("could not read the alert journal %s: %s", path, exc)
         return []
-    alerts = []
-    for record in records:
-        when = record.get("time")
-        if not isinstance(when, (int, float)) or when >= before:
-            continue
-        alerts.append(ev.Alert(severity=str(record.get("severity", "INFO")), message=str(record.get("message", "")),
-                               source=str(record.get("source") or "journal"), time=float(when)))
-    return alerts[-limit:]
+    return [ev.Alert(severity=str(r.get("severity", "INFO")), message=str(r.get("message", "")),
+                     source=str(r.get("source") or "journal"), time=float(r["time"])) for r in records]

@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shutdown-timeout", type=float, default=EngineConfig.shutdown_timeout, metavar="S",
                         help="seconds to wait for the experiment to stop and the final checkpoint to be "
                              f"written before giving up with exit code 5 (default {EngineConfig.shutdown_timeout:g})")
+    parser.add_argument("--on-detach", choices=("continue", "pause", "stop"), default="continue",
+                        help="what the engine does when its last attached console leaves: continue (default), "
+                             "pause the experiment at its next step until a console attaches, or stop safely "
+                             "with a final checkpoint")
     return parser
 
 
@@ -163,6 +167,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         policy_file=args.policy,
         serve=True,
         shutdown_timeout=args.shutdown_timeout,
+        on_detach=args.on_detach,
         rollback_memory=args.rollback_memory,
     )
 

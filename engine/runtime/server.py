@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine import commands as cmd
 from engine import protocol
-from engine.events import CommandDone, Event
+from engine.events import CommandDone, EngineState, Event
 from engine.runtime.registry import register, unregister
 from engine.runtime.engine_view import EngineView, journal_alerts
 from engine.runtime.server_connection import Connection
@@ -37,6 +38,7 @@ from engine.runtime.socket_paths import connectable_path, is_answering, socket_p
 log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 32
+MAX_HANDSHAKES = 16  # connections that have not said hello yet (each has HELLO_TIMEOUT to do so); more are refused
 UNCLAIMED_ANSWERS = 256  # command answers published before their sender was recorded (see `claim`)
 ENCODED_CACHE = 4096  # events whose line is kept, so each event is encoded once for all clients
 
@@ -63,7 +65,9 @@ class EngineServer:
         self._acceptor: threading.Thread | None = None
         self._entry: Path | None = None
         self._numbers = 0
+        self._handshaking = 0  # accepted connections whose hello has not been read yet
         self._away: tuple[float, int, int] | None = None  # EngineView.mark() when the last console left
+        self._paused_on_detach = False  # --on-detach pause paused the experiment; the next console resumes it
         self._stopping = threading.Event()
         self._encoded: collections.OrderedDict[int, tuple[Event, bytes]] = collections.OrderedDict()
         self._encoded_lock = threading.Lock()
@@ -95,8 +99,9 @@ class EngineServer:
         self._acceptor = threading.Thread(target=self._accept_loop, name="redline-server", daemon=True)
         self._acceptor.start()
 
-    def stop(self, flush: float = 2.0) -> None:
-        """Stop accepting, send clients what they are owed (up to `flush` s), say goodbye, remove the socket."""
+    def stop(self, flush: float = 2.0, reason: str = "the engine stopped") -> None:
+        """Stop accepting, send clients what they are owed (up to `flush` s), say goodbye (with `reason`),
+        remove the socket."""
         if self._stopping.is_set():
             return
         self._stopping.set()
@@ -107,7 +112,7 @@ class EngineServer:
             connections = list(self.connections)
         deadline = time.monotonic() + flush
         for connection in connections:
-            connection.finish("the engine stopped", deadline)
+            connection.finish(reason, deadline)
         try:
             if self._listener is not None:
                 self._listener.close()
@@ -131,11 +136,22 @@ class EngineServer:
                 if not self._stopping.is_set():
                     log.exception("engine socket accept failed")
                 return
-            sock.settimeout(None)
             with self.lock:
-                self._numbers += 1
-                number = self._numbers
+                crowded = self._handshaking >= MAX_HANDSHAKES
+                if not crowded:
+                    self._handshaking += 1
+                    self._numbers += 1
+                    number = self._numbers
+            if crowded:
+                _refuse(sock, f"refused: {MAX_HANDSHAKES} connections are still saying hello; try again")
+                continue
+            sock.settimeout(None)
             Connection(self, sock, number).start()
+
+    def handshake_ended(self) -> None:
+        """A connection said hello, or failed to: it no longer counts against MAX_HANDSHAKES."""
+        with self.lock:
+            self._handshaking -= 1
 
     # -- fan-out (called in the publishing thread, the event stream's lock held) -----------------
     def on_event(self, event: Event) -> None:
@@ -189,6 +205,9 @@ class EngineServer:
             if not self.connections and self._away is not None:
                 connection.away = self.view.away_summary(self._away)
                 self._away = None
+            if self._paused_on_detach:
+                self._paused_on_detach = False
+                self.engine.submit(cmd.Resume())
             self.connections.append(connection)
             if wants_control and self.controller is None and not connection.readonly:
                 self.controller = connection
@@ -202,11 +221,23 @@ class EngineServer:
                 self.connections.remove(connection)
                 if not self.connections:
                     self._away = self.view.mark(time.time())
+                    self._act_on_detach()
             if self.controller is connection:
                 self.controller = None
             for engine_id in [i for i, (c, _) in self._owners.items() if c is connection]:
                 del self._owners[engine_id]
             self._announce_clients()
+
+    def _act_on_detach(self) -> None:
+        """The last console left: pause the experiment (until one attaches) or stop safely, as configured."""
+        action = getattr(self.engine.config, "on_detach", "continue")
+        if action == "continue" or self._stopping.is_set() or self.engine.state is EngineState.STOPPED:
+            return
+        if action == "pause" and self.engine.state is EngineState.RUNNING:
+            self._paused_on_detach = True
+            self.engine.submit(cmd.Pause())
+        elif action == "stop":
+            self.engine.submit(cmd.Shutdown())
 
     def take_control(self, connection: Connection) -> None:
         with self.lock:
@@ -247,3 +278,13 @@ class EngineServer:
                     skip = set(map(id, alerts[: seen + 1]))
                     events = [e for e in events if id(e) not in skip]
             return events
+
+
+def _refuse(sock: socket.socket, reason: str) -> None:
+    """Tell a connection the server will not serve it (never waiting on it), then close it."""
+    try:
+        sock.setblocking(False)
+        sock.send(protocol.encode({"t": "error", "message": reason}))
+    except OSError:
+        pass
+    sock.close()

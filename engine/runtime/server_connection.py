@@ -66,6 +66,7 @@ class Connection:
     # -- in -------------------------------------------------------------------------------------
     def _read_loop(self) -> None:
         admitted = False
+        greeting = True  # counted by the server among the connections still saying hello
         try:
             uid = peer_uid(self.sock)
             if not peer_allowed(uid):
@@ -73,6 +74,8 @@ class Connection:
             self.sock.settimeout(HELLO_TIMEOUT)
             reader = protocol.LineReader(self.sock, protocol.MAX_CLIENT_LINE)
             message = reader.read(protocol.CLIENT_TYPES)
+            greeting = False
+            self.server.handshake_ended()
             if message is None:
                 return
             self._hello(protocol.check_hello(message, "console"))
@@ -97,6 +100,8 @@ class Connection:
         except (OSError, TimeoutError) as exc:
             log.info("engine socket: console %d gone: %s", self.number, exc)
         finally:
+            if greeting:
+                self.server.handshake_ended()
             if admitted:
                 self.server.leave(self)
             self.close()
@@ -199,18 +204,13 @@ class Connection:
 
     # -- end ------------------------------------------------------------------------------------
     def finish(self, reason: str, deadline: float) -> None:
-        """The server is stopping: let the writer send what is queued until `deadline`, then say goodbye."""
+        """The server is stopping: let the writer send what is queued and a goodbye with `reason` until `deadline`."""
+        self.outbox.put_private({"t": "bye", "reason": reason})
         while self.outbox.pending() and not self.closed.is_set() and time.monotonic() < deadline:
             time.sleep(0.02)
         self.outbox.close()
         if self._writer is not None:
             self._writer.join(max(0.0, deadline - time.monotonic()))
-        if not self.closed.is_set() and not (self._writer is not None and self._writer.is_alive()):
-            try:
-                self.sock.settimeout(0.5)
-                self._send([protocol.encode({"t": "bye", "reason": reason})])
-            except OSError:
-                pass
         self.close()
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from engine.runtime.registry import pid_alive
 from engine.runtime.socket_paths import socket_path
-from tests.console.test_cli_pty import COMMAND, DEADLINE, ROOT, spawn
+from tests.console.test_cli_pty import COMMAND, DEADLINE, ROOT, spawn, wait_exit
 from tests.engine_harness import tiny_model_dir, write_experiment  # noqa: F401  (fixture)
 from tests.engine_harness import KEEP_CHANGING
 
@@ -35,6 +35,15 @@ def wait_for(condition, what: str, timeout: float = DEADLINE):
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.2)
     return value
+
+
+def expect_all(child: pexpect.spawn, *texts: str) -> None:
+    """Wait until every text has appeared on the terminal, in any order (one frame may draw them in any order)."""
+    seen, deadline = "", time.monotonic() + DEADLINE
+    while not all(text in seen for text in texts):
+        assert time.monotonic() < deadline, f"not all of {texts} appeared"
+        child.expect(r"[\s\S]+")
+        seen = seen[-5000:] + child.after
 
 
 @pytest.mark.slow
@@ -66,10 +75,13 @@ def test_detach_ps_attach_kill_reattach_stop(tmp_path, tiny_model_dir, monkeypat
         again.expect("Baseline checkpoint")  # an alert from before the first console died
         again.expect("baseline")  # the checkpoint table
         again.send("q")
+        again.expect("Detach")  # q asks: stop the engine, detach, or cancel
+        again.send("d")
+        again.expect(f"Reattach: redline attach {run_dir}")
         again.expect(pexpect.EOF)
         again.close()
         assert again.exitstatus == 0
-        assert ps()[0]["state"] == "running"  # quitting an attached console detaches
+        assert ps()[0]["state"] == "running"  # detached: the engine keeps running
 
         stopped = redline("stop", str(run_dir))
         assert stopped.returncode == 0, stopped.stderr
@@ -113,3 +125,44 @@ def test_attach_ps_stop_without_an_engine(tmp_path, monkeypatch, capsys):
     assert "no running engine" in capsys.readouterr().err
     assert main(["ps"]) == 0
     assert "no running engines" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_plain_redline_detaches_on_ssh_drop_and_stops_on_q_y(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    (tmp_path / "xdg").mkdir(mode=0o700)
+    run_dir = tmp_path / "run"
+    experiment = write_experiment(tmp_path, KEEP_CHANGING)
+    child = spawn("--model", str(tiny_model_dir), "--experiment", str(experiment), "--run-dir", str(run_dir),
+                  "--device", "cpu", size=(48, 160))
+    pid = None
+    try:
+        child.expect("RUNNING")
+        [engine] = ps()
+        pid = engine["pid"]
+        assert pid != child.pid and engine["consoles"] == 1  # the engine is its own process
+        child.send("s")
+        child.expect("Purpose")
+        child.send("\r")  # Enter accepts the default purpose
+        child.expect("Manual checkpoint")
+        os.close(child.child_fd)  # the SSH connection drops: the console detaches
+        child.child_fd = -1
+        assert wait_exit(child) == 129
+        step = wait_for(lambda: ps()[0]["consoles"] == 0 and ps()[0]["step"], "the console to leave")
+        wait_for(lambda: ps()[0]["step"] > step + 3, "the engine to keep stepping")
+
+        again = spawn("attach", str(run_dir), size=(48, 160))
+        expect_all(again, "While you were away", "Baseline checkpoint", "baseline")  # the summary; alerts and table from before
+        again.send("q")
+        again.expect("Stop engine")
+        again.send("y")  # stop the engine safely, then quit
+        again.expect(pexpect.EOF)
+        again.close()
+        assert again.exitstatus == 0
+        wait_for(lambda: not pid_alive(pid), "the engine to end")
+        assert ps() == []
+        manifests = "".join(p.read_text() for p in (run_dir / "checkpoints" / "manifests").iterdir())
+        assert "Final checkpoint at shutdown" in manifests
+    finally:
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)

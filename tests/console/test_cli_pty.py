@@ -105,27 +105,3 @@ def test_sixteen_colour_terminal_gets_no_truecolor():
     colours = re.findall(r"\x1b\[([0-9;]+)m", seen)
     assert any(re.search(r"(^|;)(3[0-7]|9[0-7])(;|$)", c) for c in colours)  # the 16 ANSI colours are used
     assert not any(re.search(r"(^|;)[34]8;[25];", c) for c in colours)  # neither truecolor nor 256-colour codes
-
-
-@pytest.mark.slow
-def test_real_engine_in_a_pty_save_stop_then_ssh_drop(tmp_path, tiny_model_dir):
-    from tests.console.test_console_engine import KEEP_CHANGING
-
-    run_dir = tmp_path / "run"
-    experiment = write_experiment(tmp_path, KEEP_CHANGING)
-    child = spawn("--model", str(tiny_model_dir), "--experiment", str(experiment), "--run-dir", str(run_dir),
-                  size=(48, 160))
-    child.expect("RUNNING")
-    child.send("s")
-    child.expect("Purpose")
-    child.send("\r")  # Enter accepts the default purpose
-    child.expect("Manual checkpoint")
-    child.send("\x18")  # ctrl+x
-    child.expect("Emergency stop complete")
-    child.send("p")  # nothing to pause now: the console says so instead of staying silent
-    child.expect("No experiment is running")
-    os.close(child.child_fd)  # the SSH connection drops
-    child.child_fd = -1
-    assert wait_exit(child) == 129
-    manifests = "".join(p.read_text() for p in (run_dir / "checkpoints" / "manifests").iterdir())
-    assert "Final checkpoint at shutdown" in manifests  # the engine was shut down safely, not killed

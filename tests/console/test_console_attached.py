@@ -6,6 +6,8 @@ import pytest
 
 from console.app import EngineAnswered, RedlineApp
 from console.engine_client import EngineClient
+from console.screens.confirm import ConfirmScreen
+from console.screens.quit_dialog import QuitDialog
 from console.screens.save_dialog import SaveDialog
 from engine.events import EngineState
 from engine.runtime.socket_paths import socket_path
@@ -37,11 +39,26 @@ async def test_attached_console_saves_shows_its_role_and_detaches(tmp_path, tiny
             assert "CONTROLLER · 1 console" in str(app.main.header.render())
             await pilot.press("s")
             assert isinstance(app.screen, SaveDialog)
-            await pilot.press(*"over the socket", "enter")
+            await pilot.press(*"ssh", "enter")  # short: each key waits for the busy app to idle
             await until(pilot, lambda: any(d.command == "save" and d.ok for d in answers), "the save")
-            await until(pilot, lambda: any(c.purpose == "over the socket" for c in app.state.checkpoints), "the table")
-            await pilot.press("q")  # attached: quitting detaches at once
-        assert app.return_code == 0 and not client.is_alive()
+            await until(pilot, lambda: any(c.purpose == "ssh" for c in app.state.checkpoints), "the table")
+            other = EngineClient(socket_path(tmp_path / "run"), name="laptop")
+            other.start()  # a second console: the header counts it live
+            await until(pilot, lambda: "CONTROLLER · 2 consoles" in str(app.main.header.render()), "the count")
+            other.take_control()  # the other console takes over: this one is told and becomes an observer
+            await until(pilot, lambda: "OBSERVER · 2 consoles" in str(app.main.header.render()), "the new role")
+            assert any("now the observer" in e.text and "laptop" in e.text for e in app.state.stream)
+            await pilot.press("c")  # and takes it back, after confirming
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("y")
+            await until(pilot, lambda: other.role == "observer" and client.role == "controller", "the takeover")
+            other.shutdown()
+            await until(pilot, lambda: "CONTROLLER · 1 console" in str(app.main.header.render()), "the count")
+            await pilot.press("q")  # attached: q asks whether to stop the engine or detach
+            assert isinstance(app.screen, QuitDialog)
+            await pilot.press("d")
+        assert app.return_code == 0 and not client.is_alive() and not app.engine_stopped
         assert engine.is_alive() and engine.state is EngineState.RUNNING
+
     finally:
         engine.shutdown(timeout=60)
