@@ -86,7 +86,7 @@ class EngineServer:
         try:
             listener.bind(connectable_path(self.path))
             os.chmod(self.path, 0o600)
-            listener.listen(16)
+            listener.listen(socket.SOMAXCONN)  # a burst of consoles waits in the backlog, not refused
             listener.settimeout(0.25)
         except OSError as exc:
             listener.close()

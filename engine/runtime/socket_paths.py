@@ -14,6 +14,7 @@ import hashlib
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 SOCKET_NAME = "engine.sock"
@@ -80,15 +81,22 @@ def _point_link(link: Path, target: Path) -> None:
 
 def connect(path: str | os.PathLike, timeout: float | None = 5.0) -> socket.socket:
     """A connected Unix stream socket to `path` (long paths through the runtime-dir link)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(connectable_path(path))
-        sock.settimeout(None)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(connectable_path(path))
+            sock.settimeout(None)
+            return sock
+        except BlockingIOError:  # the listener's backlog is full for now (a Unix socket does not wait)
+            sock.close()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+        except BaseException:
+            sock.close()
+            raise
 
 
 def is_answering(path: str | os.PathLike, timeout: float = 2.0) -> bool:
