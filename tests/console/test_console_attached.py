@@ -37,9 +37,9 @@ async def test_attached_console_saves_shows_its_role_and_detaches(tmp_path, tiny
             assert "CONTROLLER · 1 console" in str(app.main.header.render())
             await pilot.press("s")
             assert isinstance(app.screen, SaveDialog)
-            await pilot.press(*"over the socket", "enter")
+            await pilot.press(*"socket", "enter")  # short: the running engine keeps Pilot waiting ~2 s per key
             await until(pilot, lambda: any(d.command == "save" and d.ok for d in answers), "the save")
-            await until(pilot, lambda: any(c.purpose == "over the socket" for c in app.state.checkpoints), "the table")
+            await until(pilot, lambda: any(c.purpose == "socket" for c in app.state.checkpoints), "the table")
             await pilot.press("q")  # attached: quitting detaches at once
         assert app.return_code == 0 and not client.is_alive()
         assert engine.is_alive() and engine.state is EngineState.RUNNING
