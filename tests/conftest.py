@@ -10,13 +10,57 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... in a pytest-xdist worker
+MAX_WORKERS = 4  # `-n auto` beyond this buys little: the tests start engines and processes of their own
+
+# One torch thread per test process (and the engines and processes it starts): the models are tiny, and
+# on a loaded machine torch's extra threads spin at barriers (a 200-step fine-tune ran 10-25x slower with
+# two threads than with one on 2 busy cores). xdist workers already fill the cores, so they always get one;
+# a serial run keeps an OMP_NUM_THREADS the caller chose.
+if XDIST_WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per usable core, at most MAX_WORKERS (PYTEST_XDIST_AUTO_NUM_WORKERS overrides)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own hook reads it
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                      MAX_WORKERS))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _redline_cache(tmp_path_factory):
-    """One cache dir per test session: the demo model is trained at most once per run."""
+    """Per-run directories instead of the user's: cache, data (runs) and runtime (sockets, engine registry).
+
+    The cache (the trained demo model) is shared by every xdist worker of the run, so the model is
+    trained once per run (engine.demo_model locks its creation); data and runtime are per worker, so
+    one worker's runs and registered engines never show up in another's.
+    """
+    own = tmp_path_factory.getbasetemp()
+    run_root = own.parent if XDIST_WORKER else own
     if "REDLINE_CACHE_DIR" not in os.environ:
-        os.environ["REDLINE_CACHE_DIR"] = str(tmp_path_factory.mktemp("redline-cache"))
+        cache = run_root / "redline-cache"
+        cache.mkdir(exist_ok=True)
+        os.environ["REDLINE_CACHE_DIR"] = str(cache)
+    os.environ["REDLINE_HOME"] = str(tmp_path_factory.mktemp("redline-home"))
+    os.environ["XDG_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("xdg-runtime"))
+    _forget_readline_terminal_size()
     yield
+
+
+def _forget_readline_terminal_size():
+    """Drop the COLUMNS=80/LINES=24 that importing readline (pytest's debugger does) exports without a tty.
+
+    readline sets them in the C environment, which every child process inherits; an xdist worker even
+    starts with them in os.environ, and a console spawned there in a 48x160 pty then draws 80x24 and
+    hides its alerts. Tests give terminal sizes explicitly, so neither variable is wanted.
+    """
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
+        os.unsetenv(name)
 
 
 def make_tiny_qwen2(tied: bool = True, layers: int = 2, seed: int = 0):

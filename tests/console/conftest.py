@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import os
 import re
 import time
 from pathlib import Path
@@ -15,13 +14,13 @@ RECORDING = FIXTURES / "demo_run.jsonl"
 
 
 @pytest.fixture(autouse=True)
-def _utc_and_clean_env(monkeypatch):
+def _utc_and_clean_env(monkeypatch, tmp_path_factory):
     """Clock times render the same everywhere; no user keymap, NO_COLOR or theme leaks in."""
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     for name in ("NO_COLOR", "TEXTUAL_THEME"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(Path(os.environ.get("REDLINE_CACHE_DIR", "/nonexistent")) / "config"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.getbasetemp() / "config"))
     yield
     monkeypatch.undo()
     time.tzset()
