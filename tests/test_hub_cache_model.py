@@ -48,6 +48,8 @@ def test_console_in_a_pty_loads_a_cached_hub_id_then_quits(hub_cache, tmp_path):
     child.expect("IDLE")  # the engine reached idle: the model is loaded and the baseline taken
     child.expect(HUB_ID)
     child.send("q")
+    child.expect("Stop engine")  # the engine is its own process: q asks whether to stop it or detach
+    child.send("y")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
