@@ -227,7 +227,10 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="a model directory or 'demo' (default: a tiny Qwen2)")
     parser.add_argument("--samples", type=int, default=8, help="key presses of each kind per console and round")
     parser.add_argument("--consoles", nargs=2, metavar=("SOCKET", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="3-second windows, 3 key presses (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.samples = min(args.seconds, 3.0), min(args.samples, 3)
     if args.consoles:
         return consoles(args.consoles[0], int(args.consoles[1]))
     import subprocess

@@ -1,6 +1,10 @@
 """`make bench`: run every benchmark in turn, each printing ours against the alternative.
 
-    python bench/run_all.py [--quick] [NAME ...]     # NAME: checkpoints, scan, stop, console, policy, edits
+    python bench/run_all.py [--quick] [NAME ...]
+    # NAME: checkpoints, scan, stop, console, policy, edits, attach, supervise
+
+`bench/gpu_check.py` is not among them: it is the one-command check of every CUDA path, run on a GPU
+machine (`--device cpu` runs its steps small on the CPU).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("checkpoints", "scan", "stop", "console", "policy", "edits")
+BENCHES = ("checkpoints", "scan", "stop", "console", "policy", "edits", "attach", "supervise")
 
 
 def main(argv: list[str] | None = None) -> int:

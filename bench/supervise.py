@@ -53,7 +53,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="5 steps, 2 rounds (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds = min(args.steps, 5), min(args.rounds, 2)
     torch.set_num_threads(1)  # steadier on a shared machine; the ratio is what counts
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="redline-bench-"))
     from engine.supervise import supervise
