@@ -87,6 +87,7 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
         self._pending: dict[int, tuple[float, Callable[[CommandDone], None] | None]] = {}
         self._shutting_down = False
         self._attachment = ""  # the role and console count the header shows
+        self._role = getattr(source, "role", None)  # the footer offers take-control only to an observer
         self.terminal_watch: TerminalWatch | None = None  # stopped by whoever ran the app, after run()
 
     # --- start-up -------------------------------------------------------
@@ -187,6 +188,9 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
 
     def _show_header(self) -> None:
         self._attachment = attachment(self.source)
+        if getattr(self.source, "role", None) != self._role:
+            self._role = getattr(self.source, "role", None)
+            self.refresh_bindings()
         self.main.header.show(self.state, self.clock(), source_label=describe(self.source), readonly=self.readonly,
                               attachment=self._attachment)
 
@@ -260,7 +264,8 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
         if action == "panel":
             return self.main.compact
         if action == "take_control":
-            return not self.readonly and hasattr(self.source, "take_control")
+            return (not self.readonly and hasattr(self.source, "take_control")
+                    and getattr(self.source, "role", None) != "controller")
         return True
 
     def on_key(self, event: Key) -> None:

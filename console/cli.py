@@ -20,6 +20,8 @@ exit codes (console, attach and replay):
        anything starts
   129  the terminal went away (SSH drop, SIGHUP): the console detached; the engine keeps running with its
        automatic procedures armed (see --on-detach); reattach with `redline attach RUN_DIR`
+  130  Ctrl+C while waiting for a new engine to answer: the engine it started was stopped (the
+       message says how)
   143  terminated (SIGTERM): the console detached, the engine keeps running
   5    q then y: the engine's final checkpoint was not written (the save failed, or the engine did not
        stop within --shutdown-timeout); the last line says why. Takes precedence over 0

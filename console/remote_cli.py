@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ STOP_DEADLINE = 600.0  # seconds for a safe stop (the final checkpoint of a larg
 LOG_NAME = "engine.log"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # Ctrl+C, as a shell reports SIGINT
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -58,6 +60,14 @@ def start_engine(argv: list[str], run_dir: Path, progress=None) -> tuple[int, Pa
                                  stdout=log, stderr=log, start_new_session=True, close_fds=True)
     if progress is not None:
         progress(f"starting the engine (pid {child.pid}, log {log_path})")
+    try:
+        _wait_until_serving(child, sock, log_path)
+    except KeyboardInterrupt:
+        raise EngineStartError(_stop_interrupted_start(child, log_path), EXIT_INTERRUPTED) from None
+    return child.pid, sock
+
+
+def _wait_until_serving(child: subprocess.Popen, sock: Path, log_path: Path) -> None:
     deadline = time.monotonic() + START_DEADLINE
     while not is_answering(sock, timeout=1.0):
         if child.poll() is not None:
@@ -68,7 +78,25 @@ def start_engine(argv: list[str], run_dir: Path, progress=None) -> tuple[int, Pa
             raise EngineStartError(f"the engine (pid {child.pid}) did not answer on {sock} within "
                                    f"{START_DEADLINE:.0f} s; see {log_path}")
         time.sleep(0.05)
-    return child.pid, sock
+
+
+def _stop_interrupted_start(child: subprocess.Popen, log_path: Path) -> str:
+    """Ctrl+C while waiting: SIGTERM the engine just started (it stops safely, as on `redline stop`); what happened.
+
+    A second Ctrl+C stops only the waiting: the engine then finishes stopping on its own.
+    """
+    print(f"redline: interrupted; stopping the engine it started (pid {child.pid})…", file=sys.stderr, flush=True)
+    try:
+        child.terminate()
+        code = child.wait(timeout=STOP_DEADLINE)
+    except KeyboardInterrupt:
+        return f"interrupted again: the engine (pid {child.pid}) is still stopping; check `redline ps`, log {log_path}"
+    except subprocess.TimeoutExpired:
+        return f"the engine (pid {child.pid}) did not stop within {STOP_DEADLINE:.0f} s; check `redline ps`, log {log_path}"
+    how = ("stopped safely" if code == 0 else
+           f"ended by {signal.Signals(-code).name} before it had loaded anything" if code < 0 else
+           f"stopped with exit code {code}")
+    return f"interrupted: the engine it started (pid {child.pid}) {how}; log {log_path}"
 
 
 def run_detached(argv: list[str]) -> int:

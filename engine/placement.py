@@ -11,7 +11,7 @@ could be neither scanned nor checkpointed.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -45,7 +45,23 @@ def load_kwargs(device: torch.device, spread: bool) -> dict[str, Any]:
 def model_devices(model: torch.nn.Module) -> list[torch.device]:
     """Every device holding one of the model's parameters or buffers, in a stable order (cpu, cuda:0, cuda:1...)."""
     found = {t.device for t in model.parameters()} | {t.device for t in model.buffers()}
-    return sorted(found, key=lambda d: (d.type, -1 if d.index is None else d.index))
+    return sorted(found, key=_device_order)
+
+
+def devices_label(devices: Iterable[torch.device]) -> str:
+    """Where a model is, for the state event and the header: "cuda:0", or "cuda:0+cuda:1" for a spread model."""
+    return "+".join(str(d) for d in sorted(set(devices), key=_device_order))
+
+
+def where(model: torch.nn.Module | None, device: torch.device | None) -> str:
+    """The state event's device: every device the model is on; before a model is loaded, the one asked for."""
+    if model is not None:
+        return devices_label(model_devices(model))
+    return "" if device is None else str(device)
+
+
+def _device_order(device: torch.device) -> tuple[str, int]:
+    return device.type, -1 if device.index is None else device.index
 
 
 def input_device(model: torch.nn.Module) -> torch.device:

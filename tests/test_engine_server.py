@@ -20,6 +20,7 @@ from engine.runtime.registry import live_engines
 from engine.runtime.server import MAX_HANDSHAKES
 from engine.runtime.server_connection import peer_allowed, peer_uid
 from engine.runtime.socket_paths import MAX_SOCKET_PATH, connect, socket_path
+from engine.store.store import CheckpointStore
 from tests.engine_harness import KEEP_CHANGING, DEADLINE, engines, tiny_model_dir, write_experiment  # noqa: F401  (fixtures)
 
 
@@ -83,9 +84,9 @@ def raw_hello(path, **fields) -> tuple[socket.socket, protocol.LineReader, dict]
     return sock, reader, reader.read(protocol.SERVER_TYPES)
 
 
-def test_attach_gets_the_snapshot_then_live_events(tmp_path, tiny_model_dir, engines):
+def test_attach_gets_the_snapshot_then_live_events_and_on_detach_stop(tmp_path, tiny_model_dir, engines):
     run_dir = tmp_path / "run"
-    driver = engines(tiny_model_dir, run_dir, serve=True)
+    driver = engines(tiny_model_dir, run_dir, serve=True, on_detach="stop")
     path = socket_path(run_dir)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
     driver.wait_until(lambda: len(driver.engine.server.view.health) >= 3)  # a few periodic scans: a history
@@ -103,8 +104,11 @@ def test_attach_gets_the_snapshot_then_live_events(tmp_path, tiny_model_dir, eng
     assert done.ok and done.result.startswith("checkpoint_")
     seen.wait_for(lambda e: isinstance(e, ev.CheckpointSaved) and e.checkpoint.id == done.result)
     assert [info["socket"] for info in live_engines()] == [str(path)]
-    seen.client.shutdown()
-    driver.engine.shutdown(timeout=60)
+    seen.client.shutdown()  # the last console leaves: --on-detach stop stops the engine safely, by itself
+    driver.wait_until(lambda: not driver.engine.is_alive())
+    final = CheckpointStore(run_dir / "checkpoints", readonly=True).read_manifest(
+        driver.engine.shutdown_result.checkpoint_id)
+    assert final.metadata["purpose"] == "Final checkpoint at shutdown" and final.metadata["state"] == "shutdown"
     assert not os.path.lexists(path) and live_engines() == []
 
 

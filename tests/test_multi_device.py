@@ -44,6 +44,10 @@ def test_auto_without_cuda_loads_on_the_cpu_and_says_so(tiny_model_dir, caplog):
     assert any("sees no CUDA GPU" in r.getMessage() and "CPU" in r.getMessage() for r in caplog.records)
     model = manager.load()
     assert placement.model_devices(model) == [torch.device("cpu")]
+    assert placement.where(model, torch.device("cuda", 3)) == "cpu"  # where the weights are, not where asked
+    assert placement.where(None, manager.device) == "cpu" and placement.where(None, None) == ""
+    spread = [torch.device("cuda", 1), torch.device("cuda:0"), torch.device("cuda", 1), torch.device("cuda", 10)]
+    assert placement.devices_label(spread) == "cuda:0+cuda:1+cuda:10"  # each once, in index order
     assert placement.input_device(model) == model.get_input_embeddings().weight.device
     assert placement.load_kwargs(torch.device("cpu"), spread=False) == {}
     assert placement.load_kwargs(torch.device("cuda", 1), spread=False) == {"device_map": {"": "cuda:1"}}

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from engine import placement
 from engine.commands import Shutdown
 from engine.events import (Alert, CommandDone, EditRecorded, EngineState, EngineStateChanged, Progress,
                            RollbackMemory, RunOutcome)
@@ -119,7 +120,7 @@ class EngineCore:
                 state=state,
                 detail=detail,
                 model=self.config.model,
-                device=str(self.device) if self.device is not None else "",
+                device=placement.where(self.model, self.device),
                 dtype=str(self.dtype).replace("torch.", "") if self.dtype is not None else "",
                 experiment=self.experiment_name,
                 step=self.step,

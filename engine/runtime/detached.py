@@ -13,6 +13,7 @@ telling the attached consoles that the final checkpoint was not written.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -22,6 +23,7 @@ from engine.runtime.headless import EXIT_BAD_INPUT, EXIT_OK, _print, _Signals, b
 
 EXIT_FAILED = 1
 EXIT_NO_FINAL_CHECKPOINT = 5
+SERVE_DELAY_VARIABLE = "REDLINE_TEST_SERVE_DELAY"  # tests: seconds to wait before serving (a slow start, on demand)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,15 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         print(f"--max-steps must be at least 1, got {args.max_steps}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    signals = _Signals()
+    signals.install()  # before the engine starts: a SIGTERM from then on is a safe stop, never a kill
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     engine = Engine(config_from_args(args))
+    if delay := float(os.environ.get(SERVE_DELAY_VARIABLE) or 0):
+        print(f"redline: {SERVE_DELAY_VARIABLE}: waiting {delay:g} s before serving", file=sys.stderr, flush=True)
+        signals.wake.wait(delay)
+    if signals.received is not None:
+        print("redline: stopped before the engine started; nothing was loaded", file=sys.stderr, flush=True)
+        return EXIT_OK
     try:
         engine.start()
     except OSError as exc:
         print(f"redline: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    signals = _Signals()
-    signals.install()
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     while engine.is_alive():
         engine.wait_events(timeout=0.5)
         _print(engine.drain_events(), sys.stdout)

@@ -11,6 +11,7 @@ import time
 import pexpect
 import pytest
 
+from engine.runtime.detached import SERVE_DELAY_VARIABLE
 from engine.runtime.registry import pid_alive
 from engine.runtime.socket_paths import socket_path
 from tests.console.test_cli_pty import COMMAND, DEADLINE, ROOT, spawn, wait_exit
@@ -125,6 +126,28 @@ def test_attach_ps_stop_without_an_engine(tmp_path, monkeypatch, capsys):
     assert "no running engine" in capsys.readouterr().err
     assert main(["ps"]) == 0
     assert "no running engines" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_waiting_for_the_new_engine_stops_it(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    (tmp_path / "xdg").mkdir(mode=0o700)
+    monkeypatch.setenv(SERVE_DELAY_VARIABLE, "300")  # the engine takes its time to answer
+    run_dir = tmp_path / "run"
+    child = spawn("--model", str(tiny_model_dir), "--experiment", "none", "--run-dir", str(run_dir), "--device", "cpu")
+    child.expect(r"starting the engine \(pid (\d+)")
+    pid = int(child.match.group(1))
+    try:
+        wait_for(lambda: "before serving" in (run_dir / "engine.log").read_text(), "the engine to wait")
+        child.sendintr()  # Ctrl+C on the terminal: only redline gets it (the engine has its own session)
+        child.expect(f"the engine it started \\(pid {pid}\\) stopped safely")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 130
+        assert not pid_alive(pid) and ps() == [] and not socket_path(run_dir).exists()
+        assert "stopped before the engine started" in (run_dir / "engine.log").read_text()
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

@@ -22,6 +22,10 @@ def _private_runtime_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
 
 
+def footer_offers_take_control(app: RedlineApp) -> bool:
+    return any(key.action == "take_control" for key in app.screen.query("FooterKey"))  # what the footer shows now
+
+
 async def test_attached_console_saves_shows_its_role_and_detaches(tmp_path, tiny_model_dir):
     engine = make_engine(tiny_model_dir, tmp_path / "run", experiment=write_experiment(tmp_path, KEEP_CHANGING))
     engine.config.serve = True
@@ -37,6 +41,7 @@ async def test_attached_console_saves_shows_its_role_and_detaches(tmp_path, tiny
                         "the snapshot and the experiment")
             await until(pilot, lambda: app.state.history, "the gauge history")
             assert "CONTROLLER · 1 console" in str(app.main.header.render())
+            assert not footer_offers_take_control(app)  # already the controller: no `c` in the footer
             await pilot.press("s")
             assert isinstance(app.screen, SaveDialog)
             await pilot.press(*"ssh", "enter")  # short: each key waits for the busy app to idle
@@ -48,10 +53,12 @@ async def test_attached_console_saves_shows_its_role_and_detaches(tmp_path, tiny
             other.take_control()  # the other console takes over: this one is told and becomes an observer
             await until(pilot, lambda: "OBSERVER · 2 consoles" in str(app.main.header.render()), "the new role")
             assert any("now the observer" in e.text and "laptop" in e.text for e in app.state.stream)
+            await until(pilot, lambda: footer_offers_take_control(app), "`c` in the footer of the observer")
             await pilot.press("c")  # and takes it back, after confirming
             assert isinstance(app.screen, ConfirmScreen)
             await pilot.press("y")
             await until(pilot, lambda: other.role == "observer" and client.role == "controller", "the takeover")
+            await until(pilot, lambda: not footer_offers_take_control(app), "`c` to leave the controller's footer")
             other.shutdown()
             await until(pilot, lambda: "CONTROLLER · 1 console" in str(app.main.header.render()), "the count")
             await pilot.press("q")  # attached: q asks whether to stop the engine or detach
