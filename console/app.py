@@ -18,11 +18,11 @@ from textual.app import App, SystemCommand
 from textual.binding import BindingsMap
 from textual.events import Key
 from textual.message import Message
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 
 from console.attached_console import EXIT_NO_FINAL_CHECKPOINT, EXIT_OK, AttachedConsole
 from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
-from console.console_state import Batch, ConsoleState
+from console.console_state import MAX_STREAM, Batch, ConsoleState
 from console.event_source import EventSource, attachment, describe, is_readonly
 from console.screens.compare_view import CompareView
 from console.screens.confirm import quit_question, restore_question
@@ -87,6 +87,7 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
         self._pending: dict[int, tuple[float, Callable[[CommandDone], None] | None]] = {}
         self._shutting_down = False
         self._attachment = ""  # the role and console count the header shows
+        self._behind_modal: Batch | None = None  # main-screen changes held while a dialog covers it
         self._role = getattr(source, "role", None)  # the footer offers take-control only to an observer
         self.terminal_watch: TerminalWatch | None = None  # stopped by whoever ran the app, after run()
 
@@ -158,24 +159,11 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
             self._show(batch)
 
     def _show(self, batch: Batch) -> None:
-        main = self.main
-        changed = batch.changed
-        if changed & {"header", "health"}:
-            self._show_header()
-        if "health" in changed:
-            main.gauges.show(self.state)
-        if "stream" in changed:
-            main.alerts.add(batch.stream)
-            self._toast_critical(batch)
-        if "checkpoints" in changed:
-            main.checkpoints.show(self.state.checkpoints)
-        if "coupling" in changed:
-            main.coupling.show(self.state.coupling)
-        if "progress" in changed:
-            main.progress.show(self.state.progress)
-        if "drift" in changed:
-            main.drift.show(self.state.drift)
-        if "edits" in changed or batch.plans:
+        if isinstance(self.screen, ModalScreen):  # a dialog is open: the dimmed screen behind it waits
+            self._hold_behind_modal(batch)
+        else:
+            self._show_main(batch)
+        if "edits" in batch.changed or batch.plans:
             for screen in self.screen_stack:
                 if isinstance(screen, EditsScreen):
                     screen.post_message(EditsChanged())
@@ -185,6 +173,43 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
             self._answer_comparison((comparison.checkpoint_a, comparison.checkpoint_b), comparison)
         for done in batch.done:
             self._answered(done)
+
+    def _hold_behind_modal(self, batch: Batch) -> None:
+        """Redrawing the screen behind a dialog re-tints all of it each frame (~70 ms at 160x48 on two
+        cores), which made a dialog's own answer slow; hold the changes until the dialog closes."""
+        held = self._behind_modal or Batch()
+        held.changed |= batch.changed
+        held.stream = (held.stream + batch.stream)[-MAX_STREAM:]
+        self._behind_modal = held
+        if batch.stream:
+            self._toast_critical(batch)  # a CRITICAL still interrupts the dialog
+
+    def show_held_changes(self) -> None:
+        """The main screen is on top again: show what changed while a dialog covered it."""
+        held, self._behind_modal = self._behind_modal, None
+        if held is not None and self.main.is_attached:
+            with self.batch_update():
+                self._show_main(held, toast=False)
+
+    def _show_main(self, batch: Batch, toast: bool = True) -> None:
+        main = self.main
+        changed = batch.changed
+        if changed & {"header", "health"}:
+            self._show_header()
+        if "health" in changed:
+            main.gauges.show(self.state)
+        if "stream" in changed:
+            main.alerts.add(batch.stream)
+            if toast:
+                self._toast_critical(batch)
+        if "checkpoints" in changed:
+            main.checkpoints.show(self.state.checkpoints)
+        if "coupling" in changed:
+            main.coupling.show(self.state.coupling)
+        if "progress" in changed:
+            main.progress.show(self.state.progress)
+        if "drift" in changed:
+            main.drift.show(self.state.drift)
 
     def _show_header(self) -> None:
         self._attachment = attachment(self.source)

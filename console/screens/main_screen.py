@@ -54,6 +54,10 @@ class MainScreen(Screen):
                 yield self.alerts
         yield Footer()
 
+    def on_screen_resume(self) -> None:
+        """Back on top (a dialog closed): catch up with what the engine said meanwhile."""
+        self.app.show_held_changes()
+
     def on_mount(self) -> None:
         for name, title in PANELS:
             self.query_one(f"#panel-{name}").border_title = title

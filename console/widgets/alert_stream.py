@@ -144,4 +144,4 @@ class AlertStream(Vertical):
             status.append("  filter: ")
             status.append(visible(self.text_filter), "bold")
         status.append(f"  ({self._shown} shown)")
-        self.query_one("#stream-status", Static).update(status)
+        self.query_one("#stream-status", Static).update(status, layout=False)  # one line (DEFAULT_CSS)

@@ -50,4 +50,4 @@ class EngineHeader(Static):
                 text.append(f" · up {duration(now - info.started_at)}")
         else:
             text.append(f" {source_label} · starting…")
-        self.update(text)
+        self.update(text, layout=False)  # one line, full width: a new text never changes the layout

@@ -55,8 +55,8 @@ class GaugeRow(Horizontal):
         yield self.sparkline
 
     def show(self, label: str, value: Text, history: list[float]) -> None:
-        self.label.update(label)
-        self.value.update(value)
+        self.label.update(label, layout=False)  # fixed width and height (DEFAULT_CSS): no relayout per health tick
+        self.value.update(value, layout=False)
         self.sparkline.data = history
 
 

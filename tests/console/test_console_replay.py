@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 from rich.console import Console
 from textual.widgets import RichLog, Tabs
@@ -12,6 +15,7 @@ from console.screens.compare_view import CompareView
 from console.screens.help_screen import HelpScreen, key_table
 from console.screens.save_dialog import SaveDialog
 from console.widgets.alert_stream import AlertStream
+from engine import events as ev
 from console.widgets.change_bars import ChangeBars
 from console.widgets.checkpoint_table import CheckpointTable
 from console.widgets.engine_header import EngineHeader
@@ -197,3 +201,24 @@ async def test_stream_follows_new_entries_unless_scrolled_back(recording):
         stream.add([StreamEntry(3e9, "LOW", "test", "newest")])
         await pilot.pause()
         assert log.is_vertical_scroll_end
+
+
+async def test_a_dialog_holds_the_screen_behind_it_and_shows_everything_when_it_closes(tmp_path):
+    """Redrawing the dimmed screen behind a dialog is what made the dialog's own answer slow."""
+    first, later = time.time(), time.time() + 0.5
+    recording = tmp_path / "paced.jsonl"
+    recording.write_text("\n".join(json.dumps(e.to_dict()) for e in (
+        ev.EngineStateChanged(state=ev.EngineState.RUNNING, model="m", time=first),
+        ev.Alert(severity="HIGH", message="while the help was open", source="test", time=later),
+    )) + "\n")
+    app = RedlineApp(ReplaySource(recording, speed=1.0))
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        deadline = time.monotonic() + 30
+        while not any("while the help" in entry.text for entry in app.state.stream) and time.monotonic() < deadline:
+            await pilot.pause(0.1)
+        assert "while the help was open" not in stream_text(app)  # held: the dimmed screen is not redrawn
+        await pilot.press("escape")
+        await pilot.pause()
+        assert "while the help was open" in stream_text(app)
