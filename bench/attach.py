@@ -15,8 +15,8 @@
    (woken by the client when events arrive) against today's in-process console
    (polling the engine at 10 Hz), alternating, on the same engine. Goal <= 50 ms p95.
    Also, for save, the engine's answer -> shown: the part the console's wake-up
-   shortens (the rest is the engine doing the work).
-   Pilot waits for the app to be idle around each key, so it measures more than a user sees:
+   shortens (the rest is the engine doing the work). Pilot waits for the app to be idle
+   around each key, so these figures hold more than a user sees; part 5 is the user's view.
 4. Attach to a full screen: 1,000 checkpoint entries and 10,000 alerts in the
    engine's picture; from connecting to the table and stream drawn. Goal <= 1 s.
 5. Save as a user does it: `redline attach` in a real 160x48 pseudo-terminal (pexpect), `s`,

@@ -116,28 +116,14 @@ def transaction_rows(layers: int, rounds: int, root: Path) -> list[tuple]:
     t_copy = best(lambda: dst.copy_(src), rounds * 3)
     rows.append(("rollback, 1 MLP matrix", t_back, t_copy, nbytes, GOAL_ROLLBACK))
 
-    def rejected():
-        try:
-            with journal.edit("too big"):
-                rank_one(w, 5.0, g)
-        except EditRejected:
-            pass
-
-    t_rejected = best(rejected, rounds * 3)
+    t_rejected = best(lambda: reject_once(journal, w, g), rounds * 3)
     rows.append(("rejected edit incl. the edit", t_rejected, t_copy, nbytes, None))
     journal.close()
     if layers > 4:  # the same rejected edit on a 4-layer model: per-edit cost must not grow with the model
         small = build_model(4)
         w_small = small.model.layers[0].mlp.down_proj.weight
         with EditJournal(small, root / "small") as small_journal:
-            def rejected_small():
-                try:
-                    with small_journal.edit("too big"):
-                        rank_one(w_small, 5.0, g)
-                except EditRejected:
-                    pass
-
-            t_small = best(rejected_small, rounds * 3)
+            t_small = best(lambda: reject_once(small_journal, w_small, g), rounds * 3)
         rows.append((f"rejected edit, {layers} vs 4 layers", t_rejected, t_small, nbytes, GOAL_MODEL_SIZE))
     return rows
 
@@ -201,6 +187,18 @@ def gate_rows() -> list[tuple[str, float, float]]:
     with torch.no_grad():
         w.copy_(original)
     return rows
+
+
+
+def reject_once(journal, w, g) -> None:
+    """One edit the gate rejects (a rank-one update far over the limit), rolled back."""
+    from engine.edits import EditRejected
+
+    try:
+        with journal.edit("too big"):
+            rank_one(w, 5.0, g)
+    except EditRejected:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

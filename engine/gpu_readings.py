@@ -9,6 +9,7 @@ Nothing here runs on a machine without CUDA: the list is empty.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class GpuReading:
         return {"index": self.index, "used": self.used, "total": self.total, "utilization": self.utilization}
 
 
+@functools.cache  # asked at every health tick; an install does not appear mid-run
 def nvml_present() -> bool:
     return importlib.util.find_spec("pynvml") is not None
 

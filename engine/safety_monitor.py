@@ -33,6 +33,7 @@ from engine.alert_journal import append_alert
 from engine.fsutil import secure_mkdir
 from engine.gpu_readings import gpu_readings
 from engine.health_scan import ScanResult, scan_model, scan_tensors
+from engine.placement import model_devices
 from engine import policy
 from engine.policy import Policy, Severity, default_thresholds, status_for, validate_threshold
 
@@ -354,7 +355,7 @@ class SafetyMonitor:
         t = self.thresholds
         issues = []
         dev_used = dev_total = None
-        gpus = gpu_readings({p.device for p in model.parameters()})
+        gpus = gpu_readings(model_devices(model))
         if gpus:
             dev_used, dev_total = sum(g.used for g in gpus), sum(g.total for g in gpus)
         for gpu in gpus:
