@@ -7,15 +7,18 @@ the Detector run after every optimizer step, as the engine runs them.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from engine.detection import BaselineStats, Detector
 from engine.detection.escalation import Escalation
 from engine.detection.rolling import SeriesRules
+from engine.detection.sketch import WeightSketch
+from engine.detection.update_size import UpdateSize
 from engine.health_scan import scan_model
 from engine.policy import RULES, Action, Policy
 from engine.policy_file import PolicyError, apply_policy, load_policy_file, load_run_policy
 from tests.conftest import make_tiny_gpt2, make_tiny_llama, make_tiny_qwen2
-from tests.detection_workloads import finetune, mlp_input_norm, mlp_matrix
+from tests.detection_workloads import finetune, mlp_input_norm, mlp_matrix, rank_one_edit
 
 ONSET = 6
 
@@ -149,6 +152,7 @@ def test_policy_file_overrides_thresholds_parameters_and_actions(tmp_path):
     ("[rules.spikes]\nz = 3\n", ["unknown rule rules.spikes", "spike", "update_size"]),
     ("[rules.spike]\nzz = 3\n", ["rules.spike.zz", "critical_ratio", "window", "enabled"]),
     ("[rules.spike]\nwindow = 10.5\n", ["rules.spike.window", "whole number"]),
+    ("[rules.update_size]\nsample = -1\n", ["rules.update_size.sample", ">= 0", "elements per tensor"]),
     ("[rules.spike]\nz = -1\n", ["rules.spike.z", ">= 0"]),
     ("[rules.spike]\nz = 'six'\n", ["rules.spike.z", "must be a number"]),
     ("[rules.spike]\nenabled = 'yes'\n", ["rules.spike.enabled", "true or false"]),
@@ -172,3 +176,62 @@ def test_policy_file_errors_name_the_key_and_the_known_ones(tmp_path, text, expe
 def test_missing_policy_file(tmp_path):
     with pytest.raises(PolicyError, match="policy file not found"):
         load_policy_file(tmp_path / "nope.toml")
+
+
+# -- the sampled update size ------------------------------------------------------------------
+
+
+def _policy(**update_size) -> Policy:
+    return apply_policy(Policy.default(), {"rules": {"update_size": update_size}})
+
+
+def test_sampled_update_size_estimates_dense_updates_and_a_rank_one_edit():
+    model = make_tiny_qwen2()
+    sampled, exact = UpdateSize(model, sample=256), UpdateSize(model, sample=0)
+    assert exact.exact and not sampled.exact
+    for sizes in (sampled, exact):
+        assert sizes.measure(scan_model(model, norms=True)) == []  # the first observation
+    name, matrix = mlp_matrix(model)
+    before = matrix.detach().clone()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():  # a dense step of about 0.3x each tensor's RMS, as a large learning rate makes
+            p.add_(torch.randn(p.shape, generator=g) * 0.3 * p.pow(2).mean().sqrt().clamp_min(1e-3))
+    rank_one_edit(matrix, scale=5.0)
+    scan = scan_model(model, norms=True)
+    estimate, truth = dict(sampled.measure(scan)), dict(exact.measure(scan))
+    assert truth[name] == pytest.approx(float((matrix.detach() - before).norm() / before.norm()), rel=1e-4)
+    numel = dict(zip(sampled.sketch.names, [n for g in sampled.sketch.groups for n in g.numels]))
+    compared = [n for n in truth if numel[n] > 256]
+    assert len(compared) >= 10 and name in compared
+    for n in compared:
+        assert estimate[n] == pytest.approx(truth[n], rel=0.2), n
+    assert truth[name] > 2.0 and estimate[name] > 2.0  # CRITICAL either way
+
+
+def _sample_of(sketch: WeightSketch) -> torch.Tensor:
+    sample = sketch.new_sample()
+    sketch.gather(sample)
+    return sample.flat[0]
+
+
+@pytest.mark.parametrize("off", ["baseline_departure", "update_size"])
+def test_a_huge_edit_of_a_few_elements_the_sample_misses_is_critical_at_its_step(off):
+    model = make_tiny_llama()
+    name, matrix = mlp_matrix(model)
+    policy = apply_policy(_policy(sample=64), {"rules": {off: {"enabled": False}}})
+    detector = Detector(model, policy, baseline=BaselineStats.from_scan(scan_model(model, norms=True)))
+    assert detector.evaluate(0, scan_model(model, norms=True)) == []
+    sketch = detector.updates.sketch
+    group = sketch.groups[0]
+    view = group.sources[group.names.index(name)]
+    sampled = {view.storage_offset() - matrix.storage_offset() + i * view.stride(0) for i in range(view.numel())}
+    missed = [i for i in range(matrix.numel()) if i not in sampled][:: matrix.numel() // 3][:3]
+    before = _sample_of(sketch)
+    with torch.no_grad():
+        matrix.view(-1)[missed] = 300 * float(matrix.abs().max())
+    assert torch.equal(_sample_of(sketch), before)  # the sample alone sees no change at all
+    issues = detector.evaluate(1, scan_model(model, norms=True))
+    critical = [i for i in issues if i["severity"] == "CRITICAL"]
+    assert critical and critical[0]["layer"] == name and critical[0]["action"] == "rollback"
+    assert {i["rule"] for i in critical} == {"update_size", "baseline_departure"} - {off}

@@ -78,13 +78,16 @@ class SeriesRules:
         return issue
 
     def _spike(self, series: str, value: float, window: RobustWindow, upward_only: bool) -> dict | None:
-        median, sigma = window.median_sigma()
+        median = statistics.median(window.values)
         deviation = value - median
         if upward_only and deviation <= 0:
             return None
-        z = abs(deviation) / sigma
         ratio = 1.0 + abs(deviation) / abs(median) if median else math.inf
-        if z < self.params["z"] or ratio < self.params["high_ratio"]:
+        if ratio < self.params["high_ratio"]:
+            return None  # not material: the deviation need not be measured (most steps end here)
+        median, sigma = window.median_sigma()
+        z = abs(deviation) / sigma
+        if z < self.params["z"]:
             return None
         severity = "CRITICAL" if ratio >= self.params["critical_ratio"] else "HIGH"
         return _issue(severity, "spike", "spike", series,
@@ -132,6 +135,13 @@ class DeadGradients:
 
     def forget(self) -> None:
         self.nonzero.clear()
+
+
+def near_uniform(loss: float, vocab_size: int | None, margin: float) -> bool:
+    """Whether `loss` is within `margin` (a fraction) of ln(vocab), the loss of a uniform output."""
+    if not vocab_size or vocab_size < 2 or not math.isfinite(loss):
+        return False
+    return abs(loss - math.log(vocab_size)) <= margin * math.log(vocab_size)
 
 
 def collapse_issue(loss: float, loss_median: float | None, vocab_size: int | None,
