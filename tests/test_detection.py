@@ -235,3 +235,13 @@ def test_a_huge_edit_of_a_few_elements_the_sample_misses_is_critical_at_its_step
     critical = [i for i in issues if i["severity"] == "CRITICAL"]
     assert critical and critical[0]["layer"] == name and critical[0]["action"] == "rollback"
     assert {i["rule"] for i in critical} == {"update_size", "baseline_departure"} - {off}
+
+
+@pytest.mark.parametrize("shape", [(256, 64), (64, 256), (1000, 128)])
+def test_sampled_positions_spread_over_rows_and_columns_even_when_the_row_length_divides_the_stride(shape):
+    module = torch.nn.Linear(shape[1], shape[0], bias=False)  # weight: shape
+    view = WeightSketch(module, sample=256).groups[0].sources[0]
+    positions = [view.storage_offset() + i * view.stride(0) for i in range(view.numel())]
+    rows, columns = {p // shape[1] for p in positions}, {p % shape[1] for p in positions}
+    assert len(positions) == 256 and max(positions) < shape[0] * shape[1]
+    assert len(columns) == min(256, shape[1]) and len(rows) >= min(shape[0], 256) // 2

@@ -10,8 +10,8 @@ a few per cent, since it moves the sampled elements as it moves the rest.
 
 The positions are a systematic sample: `offset + i * stride`, the stride the
 largest at most numel / sample that shares no factor with the row length (so
-the positions walk over every column while they spread over the rows), the
-offset drawn once from a seeded generator. One strided view per tensor is made
+consecutive positions step to other columns as well as down the rows, instead
+of running down a few columns), the offset drawn once from a seeded generator. One strided view per tensor is made
 once; each gather copies all of a device's views into the rows of one
 (tensors x sample) buffer with a single `torch._foreach_copy_` (an index per
 tensor would cost a Python-level op each: three times as much on 290
@@ -63,11 +63,10 @@ class _Group:
         return [p.view(s.shape) for p, s in zip(parts, self.sources)]
 
     def norms(self, buffer: torch.Tensor) -> torch.Tensor:
-        """Each tensor's L2 norm within `buffer`, on the device (`buffer` may stack several: shape (m, size))."""
+        """Each tensor's L2 norm within `buffer` (one of this group's), on the device."""
         if self.width:
-            return torch.linalg.vector_norm(buffer.view(*buffer.shape[:-1], len(self.names), self.width), dim=-1)
-        parts = [p for row in buffer.reshape(-1, self.size) for p in row.split(self.taken)]
-        return torch.stack(torch._foreach_norm(parts)).view(*buffer.shape[:-1], len(self.names))
+            return torch.linalg.vector_norm(buffer.view(len(self.names), self.width), dim=1)
+        return torch.stack(torch._foreach_norm(buffer.split(self.taken)))
 
 
 class Sample:

@@ -61,8 +61,8 @@ class UpdateSize:
         for rows, (deltas, norms) in zip(self.rows, reads):
             for (name, root_taken, root_numel, sampled), delta, norm in zip(rows, deltas, norms):
                 relative = delta / max(norm, floor * root_taken, 1e-30)
-                if sampled:
-                    bound = _bound(stats.get(name), last.get(name), floor * root_numel)
+                if sampled and name in last:
+                    bound = _bound(stats.get(name), last[name], floor * root_numel)
                     if bound > relative:
                         relative = bound
                 if relative != 0.0:
@@ -77,9 +77,12 @@ class UpdateSize:
 
 def _bound(now, was, floor: float) -> float:
     """The lower bound of ||dW|| / ||W_(t-1)|| that the scans' norm and max|w| give (0.0 when unknown)."""
-    if now is None or was is None or now.norm is None or was.norm is None:
+    if now is None or now.norm is None or was.norm is None:
         return 0.0
-    change = max(abs(now.norm - was.norm), abs(now.max_abs - was.max_abs))
+    change = abs(now.norm - was.norm)
+    moved = abs(now.max_abs - was.max_abs)
+    if moved > change:
+        change = moved
     return change / max(was.norm, floor, 1e-30) if change > 0 else 0.0
 
 
