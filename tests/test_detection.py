@@ -245,3 +245,17 @@ def test_sampled_positions_spread_over_rows_and_columns_even_when_the_row_length
     rows, columns = {p // shape[1] for p in positions}, {p % shape[1] for p in positions}
     assert len(positions) == 256 and max(positions) < shape[0] * shape[1]
     assert len(columns) == min(256, shape[1]) and len(rows) >= min(shape[0], 256) // 2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_sampled_update_size_of_a_scaling_is_exact_in_half_and_double_precision(dtype):
+    model = make_tiny_qwen2().to(dtype)
+    sizes = UpdateSize(model, sample=64)
+    sizes.measure(scan_model(model, norms=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    changes = dict(sizes.measure(scan_model(model, norms=True)))
+    nonzero = [n for n, p in model.named_parameters() if p.abs().max() > 0]
+    assert sorted(changes) == sorted(nonzero)
+    assert all(v == pytest.approx(0.5, rel=1e-2) for v in changes.values()), changes
