@@ -259,3 +259,16 @@ def test_sampled_update_size_of_a_scaling_is_exact_in_half_and_double_precision(
     nonzero = [n for n, p in model.named_parameters() if p.abs().max() > 0]
     assert sorted(changes) == sorted(nonzero)
     assert all(v == pytest.approx(0.5, rel=1e-2) for v in changes.values()), changes
+
+
+def test_the_sample_is_a_policy_parameter_the_detector_uses_and_the_policy_screen_lists(tmp_path):
+    from engine.policy_info import policy_info
+
+    (tmp_path / "policy.toml").write_text("[rules.update_size]\nsample = 0\n")
+    policy = load_run_policy(tmp_path)
+    model = make_tiny_gpt2()
+    assert Detector(model, policy).updates.exact and not Detector(model).updates.exact
+    assert Detector(model).updates.sketch.sample == RULES["update_size"].params["sample"].default
+    settings = {s.name: s for s in policy_info(policy, tmp_path).settings}
+    assert (settings["update_size.sample"].value, settings["update_size.sample"].origin) == ("0", "run dir")
+    assert "elements per tensor" in settings["update_size.sample"].meaning

@@ -36,7 +36,7 @@ SEED = 0
 
 @dataclass
 class _Group:
-    """One device's tensors: their names, the views gathered, and where each lands in a buffer."""
+    """The tensors of one device (and buffer dtype): their names, the views gathered, where each lands."""
 
     device: torch.device
     dtype: torch.dtype  # of the buffers: float32, or float64 for float64 weights
