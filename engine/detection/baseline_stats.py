@@ -116,6 +116,8 @@ def departure_issues(scan: ScanResult, baseline: BaselineStats, high: float, cri
             continue
         max_ratio = s.finite_max_abs / scale[0]
         rms_ratio = s.norm / math.sqrt(s.numel) / scale[1] if s.norm is not None and s.numel else 0.0
+        if max_ratio < high and rms_ratio < high:
+            continue  # most tensors at most steps
         if math.isnan(rms_ratio):
             rms_ratio = 0.0  # no norm, or a non-finite one: judged by max|w| here, by the nonfinite rule there
         ratio = max(max_ratio, rms_ratio)

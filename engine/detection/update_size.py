@@ -61,10 +61,14 @@ class UpdateSize:
         for rows, (deltas, norms) in zip(self.rows, reads):
             for (name, root_taken, root_numel, sampled), delta, norm in zip(rows, deltas, norms):
                 relative = delta / max(norm, floor * root_taken, 1e-30)
-                if sampled and name in last:
-                    bound = _bound(stats.get(name), last[name], floor * root_numel)
-                    if bound > relative:
-                        relative = bound
+                if sampled and name in last:  # the scans' lower bound, inlined: a loop over every tensor
+                    now, was = stats.get(name), last[name]
+                    if now is not None and now.norm is not None and was.norm is not None:
+                        change = abs(now.norm - was.norm)
+                        moved = abs(now.max_abs - was.max_abs)
+                        bound = (moved if moved > change else change) / max(was.norm, floor * root_numel, 1e-30)
+                        if bound > relative:
+                            relative = bound
                 if relative != 0.0:
                     out.append((name, relative))
         return out
@@ -73,17 +77,6 @@ class UpdateSize:
         """After a restore: the next observation starts afresh (its change is not an update)."""
         self.before_norms = None
         self.last_stats = {}
-
-
-def _bound(now, was, floor: float) -> float:
-    """The lower bound of ||dW|| / ||W_(t-1)|| that the scans' norm and max|w| give (0.0 when unknown)."""
-    if now is None or now.norm is None or was.norm is None:
-        return 0.0
-    change = abs(now.norm - was.norm)
-    moved = abs(now.max_abs - was.max_abs)
-    if moved > change:
-        change = moved
-    return change / max(was.norm, floor, 1e-30) if change > 0 else 0.0
 
 
 def update_issues(changes: list[tuple[str, float]], high: float, critical: float) -> list[dict]:
