@@ -45,14 +45,13 @@ class UpdateSize:
         self.sketch.gather(self.now)
         stats = {s.name: s for s in scan.weights}
         last, self.last_stats = self.last_stats, stats
-        with torch.no_grad():
-            now_norms = [g.norms(now) for g, now in zip(groups, self.now.flat)]
-            reads = None
-            if self.before_norms is not None:
-                for before, now in zip(self.before.flat, self.now.flat):
-                    before.sub_(now)  # in place: the change, without a buffer of its own
-                reads = [torch.stack([g.norms(diff), was]).tolist() for g, diff, was in
-                         zip(groups, self.before.flat, self.before_norms)]
+        now_norms = [g.norms(now) for g, now in zip(groups, self.now.flat)]  # buffers: no autograd to avoid
+        reads = None
+        if self.before_norms is not None:
+            for before, now in zip(self.before.flat, self.now.flat):
+                before.sub_(now)  # in place: the change, without a buffer of its own
+            reads = [torch.stack([g.norms(diff), was]).tolist() for g, diff, was in
+                     zip(groups, self.before.flat, self.before_norms)]
         self.now, self.before, self.before_norms = self.before, self.now, now_norms
         if reads is None:
             return []
