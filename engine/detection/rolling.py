@@ -109,10 +109,15 @@ class DeadGradients:
     def __init__(self, history: int):
         self.history = int(history)
         self.nonzero: dict[str, int] = {}
+        self.settled: tuple[str, ...] | None = None  # the names, when each has `history` non-zero observations
 
     def observe(self, grads: Iterable[GradStats]) -> dict | None:
         """Judge this step's gradients; a parameter without a gradient now (None) starts its history afresh."""
         grads = list(grads)
+        if self.settled is not None and all(g.norm != 0.0 for g in grads) and \
+                self.settled == tuple(g.name for g in grads):
+            return None  # the usual step: the same gradients, all non-zero, every count already at `history`
+        self.settled = None
         present = {g.name for g in grads}
         for name in [n for n in self.nonzero if n not in present]:
             del self.nonzero[name]
@@ -126,6 +131,8 @@ class DeadGradients:
                 self.nonzero[g.name] = 0
             else:
                 self.nonzero[g.name] = self.nonzero.get(g.name, 0) + 1
+        if all(self.nonzero.get(g.name, 0) >= self.history for g in grads):
+            self.settled = tuple(g.name for g in grads)
         if not died:
             return None
         shown = ", ".join(died[:4]) + (f" (+{len(died) - 4} more)" if len(died) > 4 else "")
@@ -135,6 +142,7 @@ class DeadGradients:
 
     def forget(self) -> None:
         self.nonzero.clear()
+        self.settled = None
 
 
 def near_uniform(loss: float, vocab_size: int | None, margin: float) -> bool:
