@@ -211,8 +211,8 @@ def test_sampled_update_size_estimates_dense_updates_and_a_rank_one_edit():
 
 def _sample_of(sketch: WeightSketch) -> torch.Tensor:
     sample = sketch.new_sample()
-    sketch.gather(sample)
-    return sample.flat[0]
+    sketch.gather(sample, 0)
+    return sample.slots[0][0]
 
 
 @pytest.mark.parametrize("off", ["baseline_departure", "update_size"])

@@ -12,7 +12,7 @@ The positions are a systematic sample: `offset + i * stride`, the stride the
 largest at most numel / sample that shares no factor with the row length (so
 consecutive positions step to other columns as well as down the rows, instead
 of running down a few columns), the offset drawn once from a seeded generator. One strided view per tensor is made
-once; each gather copies all of a device's views into the rows of one
+once; each gather copies all of a device's views into the rows of a
 (tensors x sample) buffer with a single `torch._foreach_copy_` (an index per
 tensor would cost a Python-level op each: three times as much on 290
 tensors). A tensor of at most `sample` elements is taken whole, so its numbers
@@ -62,19 +62,19 @@ class _Group:
             parts = buffer.split(self.taken)
         return [p.view(s.shape) for p, s in zip(parts, self.sources)]
 
-    def norms(self, buffer: torch.Tensor) -> torch.Tensor:
-        """Each tensor's L2 norm within `buffer` (one of this group's), on the device."""
+    def norms(self, slots: torch.Tensor) -> torch.Tensor:
+        """Each tensor's L2 norm in each slot of `slots` (this group's (2, size) buffer): (2, tensors), on the device."""
         if self.width:
-            return torch.linalg.vector_norm(buffer.view(len(self.names), self.width), dim=1)
-        return torch.stack(torch._foreach_norm(buffer.split(self.taken)))
+            return torch.linalg.vector_norm(slots.view(2, len(self.names), self.width), dim=2)
+        return torch.stack(torch._foreach_norm([*slots[0].split(self.taken), *slots[1].split(self.taken)])).view(2, -1)
 
 
 class Sample:
-    """Buffers the sketch gathers into: one flat tensor per group, with its per-tensor slices made once."""
+    """Two slots per group (this step's sample and the last one's), each with its per-tensor slices made once."""
 
     def __init__(self, groups: list[_Group]):
-        self.flat = [torch.zeros(g.size, dtype=g.dtype, device=g.device) for g in groups]
-        self.slices = [g.slices(b) for g, b in zip(groups, self.flat)]
+        self.slots = [torch.zeros(2, g.size, dtype=g.dtype, device=g.device) for g in groups]
+        self.slices = [[g.slices(buffer[slot]) for g, buffer in zip(groups, self.slots)] for slot in (0, 1)]
 
 
 def sample_view(flat: torch.Tensor, sample: int, row: int, generator: torch.Generator) -> torch.Tensor:
@@ -122,8 +122,8 @@ class WeightSketch:
     def new_sample(self) -> Sample:
         return Sample(self.groups)
 
-    def gather(self, into: Sample) -> None:
-        """Copy the sampled elements of the live tensors into `into` (one copy call per group)."""
+    def gather(self, into: Sample, slot: int) -> None:
+        """Copy the sampled elements of the live tensors into slot `slot` of `into` (one copy call per group)."""
         with torch.no_grad():
-            for group, slices in zip(self.groups, into.slices):
+            for group, slices in zip(self.groups, into.slices[slot]):
                 torch._foreach_copy_(slices, group.sources)

@@ -28,8 +28,9 @@ class UpdateSize:
     def __init__(self, model: torch.nn.Module, *, norm_floor_rms: float = 0.0, sample: int = DEFAULT_SAMPLE):
         self.sketch = WeightSketch(model, sample)
         self.norm_floor_rms = norm_floor_rms
-        self.now, self.before = self.sketch.new_sample(), self.sketch.new_sample()
-        self.before_norms: list[torch.Tensor] | None = None  # per group, of `before`; None: nothing observed
+        self.sample = self.sketch.new_sample()
+        self.slot = 0  # the slot this step gathers into; the other holds the last step's sample
+        self.before_norms: list[list[float]] | None = None  # per group, of the last sample; None: nothing yet
         self.last_stats: dict = {}  # name -> the scan's TensorStats at the last observation
         self.rows = [[(name, math.sqrt(k), math.sqrt(n), k < n) for name, k, n in zip(g.names, g.taken, g.numels)]
                      for g in self.sketch.groups]
@@ -41,31 +42,32 @@ class UpdateSize:
 
     def measure(self, scan: ScanResult) -> list[tuple[str, float]]:
         """(name, relative change since the last call) for each tensor that changed; first call: none."""
-        groups = self.sketch.groups
-        self.sketch.gather(self.now)
+        now, before = self.slot, 1 - self.slot
+        self.sketch.gather(self.sample, now)
         stats = {s.name: s for s in scan.weights}
         last, self.last_stats = self.last_stats, stats
-        now_norms = [g.norms(now) for g, now in zip(groups, self.now.flat)]  # buffers: no autograd to avoid
-        reads = None
-        if self.before_norms is not None:
-            for before, now in zip(self.before.flat, self.now.flat):
-                before.sub_(now)  # in place: the change, without a buffer of its own
-            reads = [torch.stack([g.norms(diff), was]).tolist() for g, diff, was in
-                     zip(groups, self.before.flat, self.before_norms)]
-        self.now, self.before, self.before_norms = self.before, self.now, now_norms
-        if reads is None:
+        was = self.before_norms
+        if was is not None:
+            for slots in self.sample.slots:  # no autograd on these buffers: no grad mode to switch
+                slots[before].sub_(slots[now])  # in place: the change, without a buffer of its own
+        # one norm call and one read-back per group: this sample's norms and the change's
+        reads = [g.norms(slots).tolist() for g, slots in zip(self.sketch.groups, self.sample.slots)]
+        self.before_norms = [read[now] for read in reads]
+        self.slot = before  # the next gather overwrites the change
+        if was is None:
             return []
         floor = self.norm_floor_rms
         out = []
-        for rows, (deltas, norms) in zip(self.rows, reads):
-            for (name, root_taken, root_numel, sampled), delta, norm in zip(rows, deltas, norms):
+        for rows, read, norms in zip(self.rows, reads, was):
+            for (name, root_taken, root_numel, sampled), delta, norm in zip(rows, read[before], norms):
                 relative = delta / max(norm, floor * root_taken, 1e-30)
                 if sampled and name in last:  # the scans' lower bound, inlined: a loop over every tensor
-                    now, was = stats.get(name), last[name]
-                    if now is not None and now.norm is not None and was.norm is not None:
-                        change = abs(now.norm - was.norm)
-                        moved = abs(now.max_abs - was.max_abs)
-                        bound = (moved if moved > change else change) / max(was.norm, floor * root_numel, 1e-30)
+                    scanned, scanned_before = stats.get(name), last[name]
+                    if scanned is not None and scanned.norm is not None and scanned_before.norm is not None:
+                        change = abs(scanned.norm - scanned_before.norm)
+                        moved = abs(scanned.max_abs - scanned_before.max_abs)
+                        bound = (moved if moved > change else change) / max(scanned_before.norm,
+                                                                            floor * root_numel, 1e-30)
                         if bound > relative:
                             relative = bound
                 if relative != 0.0:
