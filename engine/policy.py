@@ -262,7 +262,9 @@ RULES: dict[str, Rule] = {
     "update_size": Rule(
         "one step's change of a tensor, ||dW|| / ||W||",
         {"high": Threshold(0.5, 0, None, False, "relative change in one step before HIGH"),
-         "critical": Threshold(2.0, 0, None, False, "relative change in one step before CRITICAL")},
+         "critical": Threshold(2.0, 0, None, False, "relative change in one step before CRITICAL"),
+         "sample": Threshold(256, 0, None, True, "elements per tensor compared, at fixed positions "
+                             "(0: all, exact, holding two copies of the weights)")},
         _ON_CRITICAL, escalates=True),
     "spike": Rule(
         "gradient norm, loss, a reported metric or an activation maximum against its rolling median/MAD",

@@ -7,15 +7,18 @@ the Detector run after every optimizer step, as the engine runs them.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from engine.detection import BaselineStats, Detector
 from engine.detection.escalation import Escalation
 from engine.detection.rolling import SeriesRules
+from engine.detection.sketch import WeightSketch
+from engine.detection.update_size import UpdateSize
 from engine.health_scan import scan_model
 from engine.policy import RULES, Action, Policy
 from engine.policy_file import PolicyError, apply_policy, load_policy_file, load_run_policy
 from tests.conftest import make_tiny_gpt2, make_tiny_llama, make_tiny_qwen2
-from tests.detection_workloads import finetune, mlp_input_norm, mlp_matrix
+from tests.detection_workloads import finetune, mlp_input_norm, mlp_matrix, rank_one_edit
 
 ONSET = 6
 
@@ -149,6 +152,7 @@ def test_policy_file_overrides_thresholds_parameters_and_actions(tmp_path):
     ("[rules.spikes]\nz = 3\n", ["unknown rule rules.spikes", "spike", "update_size"]),
     ("[rules.spike]\nzz = 3\n", ["rules.spike.zz", "critical_ratio", "window", "enabled"]),
     ("[rules.spike]\nwindow = 10.5\n", ["rules.spike.window", "whole number"]),
+    ("[rules.update_size]\nsample = -1\n", ["rules.update_size.sample", ">= 0", "elements per tensor"]),
     ("[rules.spike]\nz = -1\n", ["rules.spike.z", ">= 0"]),
     ("[rules.spike]\nz = 'six'\n", ["rules.spike.z", "must be a number"]),
     ("[rules.spike]\nenabled = 'yes'\n", ["rules.spike.enabled", "true or false"]),
@@ -172,3 +176,99 @@ def test_policy_file_errors_name_the_key_and_the_known_ones(tmp_path, text, expe
 def test_missing_policy_file(tmp_path):
     with pytest.raises(PolicyError, match="policy file not found"):
         load_policy_file(tmp_path / "nope.toml")
+
+
+# -- the sampled update size ------------------------------------------------------------------
+
+
+def _policy(**update_size) -> Policy:
+    return apply_policy(Policy.default(), {"rules": {"update_size": update_size}})
+
+
+def test_sampled_update_size_estimates_dense_updates_and_a_rank_one_edit():
+    model = make_tiny_qwen2()
+    sampled, exact = UpdateSize(model, sample=256), UpdateSize(model, sample=0)
+    assert exact.exact and not sampled.exact
+    for sizes in (sampled, exact):
+        assert sizes.measure(scan_model(model, norms=True)) == []  # the first observation
+    name, matrix = mlp_matrix(model)
+    before = matrix.detach().clone()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():  # a dense step of about 0.3x each tensor's RMS, as a large learning rate makes
+            p.add_(torch.randn(p.shape, generator=g) * 0.3 * p.pow(2).mean().sqrt().clamp_min(1e-3))
+    rank_one_edit(matrix, scale=5.0)
+    scan = scan_model(model, norms=True)
+    estimate, truth = dict(sampled.measure(scan)), dict(exact.measure(scan))
+    assert truth[name] == pytest.approx(float((matrix.detach() - before).norm() / before.norm()), rel=1e-4)
+    numel = dict(zip(sampled.sketch.names, [n for g in sampled.sketch.groups for n in g.numels]))
+    compared = [n for n in truth if numel[n] > 256]
+    assert len(compared) >= 10 and name in compared
+    for n in compared:
+        assert estimate[n] == pytest.approx(truth[n], rel=0.2), n
+    assert truth[name] > 2.0 and estimate[name] > 2.0  # CRITICAL either way
+
+
+def _sample_of(sketch: WeightSketch) -> torch.Tensor:
+    sample = sketch.new_sample()
+    sketch.gather(sample, 0)
+    return sample.slots[0][0]
+
+
+@pytest.mark.parametrize("off", ["baseline_departure", "update_size"])
+def test_a_huge_edit_of_a_few_elements_the_sample_misses_is_critical_at_its_step(off):
+    model = make_tiny_llama()
+    name, matrix = mlp_matrix(model)
+    policy = apply_policy(_policy(sample=64), {"rules": {off: {"enabled": False}}})
+    detector = Detector(model, policy, baseline=BaselineStats.from_scan(scan_model(model, norms=True)))
+    assert detector.evaluate(0, scan_model(model, norms=True)) == []
+    sketch = detector.updates.sketch
+    group = sketch.groups[0]
+    view = group.sources[group.names.index(name)]
+    sampled = {view.storage_offset() - matrix.storage_offset() + i * view.stride(0) for i in range(view.numel())}
+    missed = [i for i in range(matrix.numel()) if i not in sampled][:: matrix.numel() // 3][:3]
+    before = _sample_of(sketch)
+    with torch.no_grad():
+        matrix.view(-1)[missed] = 300 * float(matrix.abs().max())
+    assert torch.equal(_sample_of(sketch), before)  # the sample alone sees no change at all
+    issues = detector.evaluate(1, scan_model(model, norms=True))
+    critical = [i for i in issues if i["severity"] == "CRITICAL"]
+    assert critical and critical[0]["layer"] == name and critical[0]["action"] == "rollback"
+    assert {i["rule"] for i in critical} == {"update_size", "baseline_departure"} - {off}
+
+
+@pytest.mark.parametrize("shape", [(256, 64), (64, 256), (1000, 128)])
+def test_sampled_positions_spread_over_rows_and_columns_even_when_the_row_length_divides_the_stride(shape):
+    module = torch.nn.Linear(shape[1], shape[0], bias=False)  # weight: shape
+    view = WeightSketch(module, sample=256).groups[0].sources[0]
+    positions = [view.storage_offset() + i * view.stride(0) for i in range(view.numel())]
+    rows, columns = {p // shape[1] for p in positions}, {p % shape[1] for p in positions}
+    assert len(positions) == 256 and max(positions) < shape[0] * shape[1]
+    assert len(columns) == min(256, shape[1]) and len(rows) >= min(shape[0], 256) // 2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_sampled_update_size_of_a_scaling_is_exact_in_half_and_double_precision(dtype):
+    model = make_tiny_qwen2().to(dtype)
+    sizes = UpdateSize(model, sample=64)
+    sizes.measure(scan_model(model, norms=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    changes = dict(sizes.measure(scan_model(model, norms=True)))
+    nonzero = [n for n, p in model.named_parameters() if p.abs().max() > 0]
+    assert sorted(changes) == sorted(nonzero)
+    assert all(v == pytest.approx(0.5, rel=1e-2) for v in changes.values()), changes
+
+
+def test_the_sample_is_a_policy_parameter_the_detector_uses_and_the_policy_screen_lists(tmp_path):
+    from engine.policy_info import policy_info
+
+    (tmp_path / "policy.toml").write_text("[rules.update_size]\nsample = 0\n")
+    policy = load_run_policy(tmp_path)
+    model = make_tiny_gpt2()
+    assert Detector(model, policy).updates.exact and not Detector(model).updates.exact
+    assert Detector(model).updates.sketch.sample == RULES["update_size"].params["sample"].default
+    settings = {s.name: s for s in policy_info(policy, tmp_path).settings}
+    assert (settings["update_size.sample"].value, settings["update_size.sample"].origin) == ("0", "run dir")
+    assert "elements per tensor" in settings["update_size.sample"].meaning

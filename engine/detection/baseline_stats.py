@@ -50,6 +50,10 @@ class BaselineStats:
         numel = sum(math.prod(t.shape) for t in finite)
         squares = sum(t.rms ** 2 * math.prod(t.shape) for t in finite)
         self.rms_floor = math.sqrt(squares / numel) if numel else 0.0
+        #: name -> (what max|w| is divided by, what the RMS is divided by): ratio_of's floors, once
+        self.scales = {name: (max(t.max_abs, self.max_abs_floor, 1e-30),
+                              max(t.rms if t.max_abs > 0 else self.max_abs_floor, self.rms_floor, 1e-30))
+                       for name, t in tensors.items()}
 
     @classmethod
     def from_scan(cls, scan: ScanResult, checkpoint_id: str = "") -> "BaselineStats":
@@ -75,13 +79,10 @@ class BaselineStats:
 
     def ratio_of(self, name: str, max_abs: float, rms: float) -> tuple[float, float]:
         """(max|w| ratio, RMS ratio) of tensor `name` with these values against its baseline; NaN if unknown."""
-        base = self.tensors.get(name)
-        if base is None:
+        scale = self.scales.get(name)
+        if scale is None:
             return math.nan, math.nan
-        max_ratio = max_abs / max(base.max_abs, self.max_abs_floor, 1e-30)
-        rms_base = base.rms if base.max_abs > 0 else self.max_abs_floor
-        rms_ratio = rms / max(rms_base, self.rms_floor, 1e-30)
-        return max_ratio, rms_ratio
+        return max_abs / scale[0], rms / scale[1]
 
     def save(self, path: str | Path) -> None:
         data = {
@@ -108,12 +109,19 @@ class BaselineStats:
 def departure_issues(scan: ScanResult, baseline: BaselineStats, high: float, critical: float) -> list[dict]:
     """One issue per tensor whose max|w| or RMS is `high` (HIGH) or `critical` (CRITICAL) times its baseline."""
     issues = []
-    for s in scan.weights:
-        max_ratio, rms_ratio = baseline.ratios(s)
+    scales = baseline.scales
+    for s in scan.weights:  # ratios(s), inlined: this loop runs over every tensor at every step
+        scale = scales.get(s.name)
+        if scale is None:
+            continue
+        max_ratio = s.finite_max_abs / scale[0]
+        rms_ratio = s.norm / math.sqrt(s.numel) / scale[1] if s.norm is not None and s.numel else 0.0
+        if max_ratio < high and rms_ratio < high:
+            continue  # most tensors at most steps
         if math.isnan(rms_ratio):
             rms_ratio = 0.0  # no norm, or a non-finite one: judged by max|w| here, by the nonfinite rule there
         ratio = max(max_ratio, rms_ratio)
-        if not ratio >= high:  # NaN (unknown tensor, non-finite values) is judged by the nonfinite rule
+        if not ratio >= high:  # NaN (non-finite values) is judged by the nonfinite rule
             continue
         severity = "CRITICAL" if ratio >= critical else "HIGH"
         base = baseline.tensors[s.name]

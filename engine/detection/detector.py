@@ -17,7 +17,7 @@ import torch
 
 from engine.detection.baseline_stats import BaselineStats, departure_issues
 from engine.detection.escalation import Escalation
-from engine.detection.rolling import DeadGradients, SeriesRules, collapse_issue
+from engine.detection.rolling import DeadGradients, SeriesRules, collapse_issue, near_uniform
 from engine.detection.update_size import UpdateSize, update_issues
 from engine.health_scan import ScanResult
 from engine.policy import Action, Policy, Severity
@@ -36,7 +36,8 @@ class Detector:
         self.series = SeriesRules(p["spike"])
         self.dead = DeadGradients(p["dead_gradients"]["history"])
         self.escalation = Escalation(p["escalation"]["persist_steps"], p["escalation"]["growth"])
-        self.updates = UpdateSize(model, norm_floor_rms=baseline.rms_floor if baseline else 0.0)
+        self.updates = UpdateSize(model, norm_floor_rms=baseline.rms_floor if baseline else 0.0,
+                                  sample=int(p["update_size"]["sample"]))
         self.last_updates: list[tuple[str, float]] = []  # (tensor, ||dW||/||W||) of the last step's changes
 
     def set_baseline(self, baseline: BaselineStats) -> None:
@@ -59,7 +60,9 @@ class Detector:
             self.last_updates = self.updates.measure(scan)
             issues += update_issues(self.last_updates, p["update_size"]["high"],
                                     p["update_size"]["critical"])[:MAX_ISSUES_PER_RULE]
-        loss_median = self.series.median("loss")
+        collapse = loss is not None and self.on("output_collapse") and near_uniform(
+            float(loss), self.vocab_size, p["output_collapse"]["margin"])
+        loss_median = self.series.median("loss") if collapse else None  # before this loss joins the window
         for series, value, upward in self._series(scan, loss, metrics, activation_peaks):
             issue = self.series.observe(series, value, upward_only=upward)
             if issue is not None and (issue["rule"] == "nonfinite" or self.on("spike")):
@@ -68,7 +71,7 @@ class Detector:
             issue = self.dead.observe(scan.grads)
             if issue is not None:
                 issues.append(issue)
-        if loss is not None and self.on("output_collapse"):
+        if collapse:
             issue = collapse_issue(float(loss), loss_median, self.vocab_size,
                                    p["output_collapse"]["margin"], p["output_collapse"]["learned"])
             if issue is not None:

@@ -78,13 +78,16 @@ class SeriesRules:
         return issue
 
     def _spike(self, series: str, value: float, window: RobustWindow, upward_only: bool) -> dict | None:
-        median, sigma = window.median_sigma()
+        median = statistics.median(window.values)
         deviation = value - median
         if upward_only and deviation <= 0:
             return None
-        z = abs(deviation) / sigma
         ratio = 1.0 + abs(deviation) / abs(median) if median else math.inf
-        if z < self.params["z"] or ratio < self.params["high_ratio"]:
+        if ratio < self.params["high_ratio"]:
+            return None  # not material: the deviation need not be measured (most steps end here)
+        median, sigma = window.median_sigma()
+        z = abs(deviation) / sigma
+        if z < self.params["z"]:
             return None
         severity = "CRITICAL" if ratio >= self.params["critical_ratio"] else "HIGH"
         return _issue(severity, "spike", "spike", series,
@@ -106,10 +109,15 @@ class DeadGradients:
     def __init__(self, history: int):
         self.history = int(history)
         self.nonzero: dict[str, int] = {}
+        self.settled: tuple[str, ...] | None = None  # the names, when each has `history` non-zero observations
 
     def observe(self, grads: Iterable[GradStats]) -> dict | None:
         """Judge this step's gradients; a parameter without a gradient now (None) starts its history afresh."""
         grads = list(grads)
+        if self.settled is not None and all(g.norm != 0.0 for g in grads) and \
+                self.settled == tuple(g.name for g in grads):
+            return None  # the usual step: the same gradients, all non-zero, every count already at `history`
+        self.settled = None
         present = {g.name for g in grads}
         for name in [n for n in self.nonzero if n not in present]:
             del self.nonzero[name]
@@ -123,6 +131,8 @@ class DeadGradients:
                 self.nonzero[g.name] = 0
             else:
                 self.nonzero[g.name] = self.nonzero.get(g.name, 0) + 1
+        if all(self.nonzero.get(g.name, 0) >= self.history for g in grads):
+            self.settled = tuple(g.name for g in grads)
         if not died:
             return None
         shown = ", ".join(died[:4]) + (f" (+{len(died) - 4} more)" if len(died) > 4 else "")
@@ -132,6 +142,14 @@ class DeadGradients:
 
     def forget(self) -> None:
         self.nonzero.clear()
+        self.settled = None
+
+
+def near_uniform(loss: float, vocab_size: int | None, margin: float) -> bool:
+    """Whether `loss` is within `margin` (a fraction) of ln(vocab), the loss of a uniform output."""
+    if not vocab_size or vocab_size < 2 or not math.isfinite(loss):
+        return False
+    return abs(loss - math.log(vocab_size)) <= margin * math.log(vocab_size)
 
 
 def collapse_issue(loss: float, loss_median: float | None, vocab_size: int | None,

@@ -2,7 +2,7 @@
 
 `DriftWatch.tick` runs on every health publish (each step, each idle scan)
 but computes only when its cadence says so (engine.detection.drift.Cadence:
-at most once a second, and never more than 1 % of the engine thread's time),
+at most once a second, and never more than 0.25 % of the engine thread's time),
 and publishes only when some tensor was written since the last computation.
 """
 
