@@ -17,6 +17,7 @@ _EXPORTS = {
     "RevertRefused": "engine.edits.errors",
     "RevertFailed": "engine.edits.errors",
     "JournalBusy": "engine.edits.errors",
+    "JournalWriteFailed": "engine.edits.errors",
     "EditRecord": "engine.edits.records",
     "TensorChange": "engine.edits.records",
     "PromptProbe": "engine.edits.probes",
