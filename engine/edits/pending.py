@@ -9,6 +9,7 @@ entry after a failure.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from engine.edits.content import HostCopy, PreEditContent, crash_point, hash_copy
@@ -51,6 +52,9 @@ class PendingEntry:
 def write_entry(entry: PendingEntry, content: PreEditContent, post: PostEditHashes, db: JournalDB) -> None:
     """Make one entry durable (on the writer thread); see the module docstring."""
     crash_point("queued")
+    if entry.after is not None and content.buffers is not None:
+        # the next edit likely copies tensors of these sizes: map its buffers now, on this thread
+        content.buffers.prepare(Counter(copy.data.nbytes for copy in entry.copies if not copy.data.is_pinned()))
     for copy in entry.copies:
         hash_copy(copy)
     if entry.after is not None:
