@@ -293,6 +293,9 @@ class EditJournal:
         self.close()
 
     def __del__(self):
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.stop()
         fd = getattr(self, "_owner_fd", None)
         if fd is not None:
             release(fd)

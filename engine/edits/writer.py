@@ -37,14 +37,16 @@ log = logging.getLogger(__name__)
 class JournalWriter:
     """Runs `write(entry)` for each submitted entry, in order, on one background thread.
 
-    `describe(entry)` names an entry in errors ("edit 12 ('move Paris')").
+    `describe(entry)` names an entry in errors ("edit 12 ('move Paris')"). Only queued entries
+    hold `write` (the journal's method): an idle writer keeps nothing alive, so a journal
+    dropped without close() is still collected (and its __del__ stops the thread).
     """
 
     def __init__(self, write: Callable[[Any], None], describe: Callable[[Any], str], max_pending_bytes: int):
-        self._write = write
+        self._write = weakref.WeakMethod(write)
         self._describe = describe
         self.max_pending_bytes = max_pending_bytes
-        self._queue: collections.deque[tuple[Any, int]] = collections.deque()
+        self._queue: collections.deque[tuple[Any, int, Callable]] = collections.deque()
         self._pending_bytes = 0
         self._busy = False  # the thread is writing the entry at the head of the queue
         self._failure: BaseException | None = None
@@ -63,7 +65,7 @@ class JournalWriter:
                 raise RuntimeError("the journal's writer is closed")
             while self._queue and self._pending_bytes + nbytes > self.max_pending_bytes and self._failure is None:
                 self._cond.wait()
-            self._queue.append((entry, nbytes))
+            self._queue.append((entry, nbytes, self._write()))
             self._pending_bytes += nbytes
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="redline-edit-journal", daemon=True)
@@ -105,12 +107,16 @@ class JournalWriter:
         try:
             self.flush()
         finally:
-            with self._cond:
-                self._closed = True
-                self._cond.notify_all()
-            if self._thread is not None:
+            self.stop()
+            if self._thread is not None and self._thread is not threading.current_thread():
                 self._thread.join()
-            atexit.unregister(self._at_exit)
+
+    def stop(self) -> None:
+        """Let the thread end once nothing is queued (it ends at once if idle); no waiting."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        atexit.unregister(self._at_exit)
 
     def _failed(self, failure: BaseException, head: Any, waiting: int) -> JournalWriteFailed:
         what = self._describe(head) if head is not None else "an entry"
@@ -130,10 +136,10 @@ class JournalWriter:
                     self._cond.wait()
                 if not self._queue or self._failure is not None:
                     return  # closed
-                entry, nbytes = self._queue[0]
+                entry, nbytes, write = self._queue[0]
                 self._busy = True
             try:
-                self._write(entry)
+                write(entry)
             except BaseException as exc:  # kept and raised in the editing thread: nothing lost silently
                 log.error("the edit journal could not write %s: %s", self._describe(entry), exc)
                 with self._cond:
@@ -141,6 +147,7 @@ class JournalWriter:
                     self._failure = exc
                     self._cond.notify_all()
                 continue
+            del write
             with self._cond:
                 self._queue.popleft()
                 self._pending_bytes -= nbytes
