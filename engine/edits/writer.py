@@ -83,7 +83,10 @@ class JournalWriter:
 
     def flush(self) -> None:
         """Wait until every submitted entry is written; after a failure, retry it first, and raise
-        JournalWriteFailed (naming the entry, with the cause) if it fails again."""
+        JournalWriteFailed (naming the entry, with the cause) if it fails again. On the writer
+        thread itself (a listener reading the journal) it returns at once: that would wait forever."""
+        if threading.current_thread() is self._thread:
+            return
         with self._cond:
             if self._failure is not None:
                 self._failure = None  # retry from the entry that failed
