@@ -32,10 +32,10 @@ from engine.edits.gate import GateRules
 from engine.edits.buffers import CopyBuffers
 from engine.edits.content import PreEditContent, content_hash, write_back
 from engine.edits.errors import JournalBusy, RevertFailed
+from engine.edits.owner import release, take_ownership
 from engine.edits.pending import PendingEntry, write_entry
 from engine.edits.post_hashes import PostEditHashes
 from engine.edits.probes import as_probe
-from engine.edits.owner import release, take_ownership
 from engine.edits.records import COMMITTED, REVERT, EditRecord, JournalDB, TensorChange
 from engine.edits.transaction import Edit
 from engine.edits.writer import JournalWriter
