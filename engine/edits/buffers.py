@@ -6,7 +6,8 @@ writer has them on disk, then held for quick reverts), so malloc cannot hand the
 memory the last one freed. The pool keeps buffers that edits gave back (rolled back, or dropped
 from the hold), and `prepare` maps spare buffers ahead of time for the sizes the last edit
 copied: the journal's writer thread calls it, so the page faults land on that thread, not on
-the edit's critical path. Spare memory is bounded by `limit` bytes.
+the edit's critical path. Spare memory is bounded by `limit` bytes; a new buffer of 32 MiB or
+more gets huge pages (engine/store/tensors.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import threading
 from collections import Counter, defaultdict
 
 import torch
+
+from engine.store.tensors import new_host_buffer
 
 
 class CopyBuffers:
@@ -38,7 +41,7 @@ class CopyBuffers:
             if free:
                 self._bytes -= nbytes
                 return free.pop()
-        return torch.empty(nbytes, dtype=torch.uint8)
+        return new_host_buffer(nbytes, pin=False)
 
     def give(self, buf: torch.Tensor) -> None:
         """Take back a buffer nobody uses any more (kept while within the limit)."""
@@ -58,7 +61,7 @@ class CopyBuffers:
                 with self._lock:
                     if len(self._free.get(n, ())) >= wanted or self._bytes + n > self.limit:
                         break
-                buf = torch.empty(n, dtype=torch.uint8)
+                buf = new_host_buffer(n, pin=False)
                 _touch_pages(buf)
                 self.give(buf)
 
