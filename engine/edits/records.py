@@ -2,8 +2,9 @@
 
 One row per edit (and per revert, kind "revert"), with one row per tensor it touched: the
 content hashes before and after (blake3, as the checkpoint store names blobs), ||dW|| and
-||dW||/||W||. A row is written in one transaction when the edit has been decided, so a
-process killed in the middle of an edit leaves no row. Readers (the CLI, the console, other
+||dW||/||W||. A row is written in one transaction after the edit has been decided (by the
+journal's writer thread, with the id the journal gave the edit then), so a process killed in
+the middle of an edit, or before the writer got to it, leaves no row. Readers (the CLI, the console, other
 processes) open the same file; WAL lets them read while the engine writes.
 """
 
