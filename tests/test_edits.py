@@ -46,7 +46,7 @@ def journal(model, tmp_path):
         yield j
 
 
-@pytest.mark.slow  # 199 commits, each fsyncing its pre-edit blob (write-ahead)
+@pytest.mark.slow  # 199 commits; the writer thread fsyncs each pre-edit blob (list() waits for it)
 def test_200_sequential_edits_gate_rejects_exactly_the_poisoned_one(model, journal):
     g = torch.Generator().manual_seed(1)
     poisoned = 117

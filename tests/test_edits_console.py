@@ -52,7 +52,7 @@ async def until(pilot, condition, what: str) -> None:
 
 
 async def test_edits_screen_shows_the_journal_and_reverts_through_the_dialog(tmp_path, tiny_model_dir):  # noqa: F811
-    engine = Engine(EngineConfig(model=str(tiny_model_dir), run_dir=tmp_path / "run", device="cpu",
+    engine = Engine(EngineConfig(model=str(tiny_model_dir), run_dir=tmp_path / "run", device="cpu", experiment=None,
                                  health_interval=0.2, evaluate_every=0, auto_checkpoint_every=0))
     app = RedlineApp(engine)
     async with app.run_test(size=(80, 24)) as pilot:

@@ -42,13 +42,15 @@ _CHILD = textwrap.dedent("""
                 model.model.layers[3].mlp.down_proj.weight.mul_(2)
             print("inside", flush=True)
             time.sleep(600)
-    if mode.startswith("crash:"):  # SIGKILLed at a named point of this commit (engine/edits/content.py)
+    if mode.startswith("crash:"):  # the writer SIGKILLed at a named point of this edit (engine/edits/pending.py)
         import os
         from engine.edits.content import CRASH_ENV
+        journal.flush()
         os.environ[CRASH_ENV] = mode.removeprefix("crash:")
         with journal.edit("killed while committing"):
             with torch.no_grad():
                 model.model.layers[2].mlp.down_proj.weight.mul_(1.01)
+        journal.flush()  # the edit returned before it was written; the writer dies on the way
         print("survived", flush=True)
     if mode == "hold":
         print("holding", flush=True)
@@ -131,10 +133,11 @@ def test_sigkill_in_the_middle_of_an_edit_leaves_no_trace(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["pre_edit_durable", "committed"])
+@pytest.mark.parametrize("point", ["queued", "pre_edit_durable", "committed"])
 def test_sigkill_in_the_commit_window_leaves_a_consistent_journal(tmp_path, point):
-    """Write-ahead: killed after the pre-edit blob is durable but before the row, the edit is
-    absent (its blob is collected); killed right after the row, the edit reverts from its blob."""
+    """Write-ahead, with the writer thread: killed while the decided edit waits for the writer,
+    or after its pre-edit blob is durable but before the row, the edit is absent (its blob is
+    collected); killed right after the row, the edit reverts from its blob."""
     child = _child(tmp_path, f"crash:{point}")
     out, _ = child.communicate(timeout=120)
     assert child.returncode == -signal.SIGKILL and "survived" not in out
@@ -145,7 +148,7 @@ def test_sigkill_in_the_commit_window_leaves_a_consistent_journal(tmp_path, poin
         records = journal.list()
         blobs = {p.name.removesuffix(".safetensors") for p in (edits_dir / "blobs").rglob("*.safetensors")}
         assert blobs == {t.hash_before for r in records for t in r.tensors}
-        if point == "pre_edit_durable":
+        if point != "committed":
             assert [r.description for r in records] == ["layer 0", "layer 1", "layer 0"]
             return
         assert [r.description for r in records][-1] == "killed while committing"

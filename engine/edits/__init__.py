@@ -1,8 +1,10 @@
 """Edits as transactions: `from engine.edits import EditJournal, EditRejected`.
 
-journal (EditJournal: edit, list, show, plan, revert), transaction (one edit: copy-on-write,
-gate, write-ahead commit or roll back), gate (the policy's checks and the probe), probes
-(PromptProbe), content (host copies, hashes, pre-edit blobs), records (the SQLite journal; no
+journal (EditJournal: edit, list, show, plan, revert, flush), transaction (one edit:
+copy-on-write, gate, commit or roll back), writer (the thread that makes decided edits durable,
+in order), pending (what it writes per edit, write-ahead), post_hashes (exact post-edit hashes
+taken late), buffers (copy buffers mapped ahead), gate (the policy's checks and the probe),
+probes (PromptProbe), content (host copies, hashes, pre-edit blobs), records (the SQLite journal; no
 torch), report (entries as console events; no torch), owner (which process holds it; no
 torch), errors, cli (`redline edits`). Names are loaded on first use, so `engine.edits.records`
 and `engine.edits.cli` stay free of torch for the console's command line.
@@ -17,6 +19,7 @@ _EXPORTS = {
     "RevertRefused": "engine.edits.errors",
     "RevertFailed": "engine.edits.errors",
     "JournalBusy": "engine.edits.errors",
+    "JournalWriteFailed": "engine.edits.errors",
     "EditRecord": "engine.edits.records",
     "TensorChange": "engine.edits.records",
     "PromptProbe": "engine.edits.probes",

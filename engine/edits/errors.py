@@ -34,3 +34,12 @@ class RevertFailed(Exception):
 
 class JournalBusy(Exception):
     """Another journal (another engine or process) holds the model of this run directory."""
+
+
+class JournalWriteFailed(Exception):
+    """The journal's writer could not make an edit durable (its pre-edit blob or its row): the
+    edit's change is in the model, not yet on record. `cause`: the error it met."""
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        self.cause = cause
+        super().__init__(message)

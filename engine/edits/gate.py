@@ -20,7 +20,6 @@ import torch
 
 from engine import policy
 from engine.edits.probes import PromptProbe
-from engine.store.tensors import byte_view, numpy_bytes
 
 
 @dataclass
@@ -54,44 +53,60 @@ class GateVerdict:
         return not self.reasons
 
 
-_CHUNK = 1 << 20  # elements per step of the fused pass: few torch calls, no model-sized temporaries
+_CHUNK = 1 << 19  # elements per step of the fused pass: few torch calls, chunks that stay in cache
 
 
-def measure(after: torch.Tensor, before: torch.Tensor, *, magnitude: bool = False, hasher=None) -> TensorCheck:
+class GateScratch:
+    """The fused pass's chunk buffer per (device, dtype), kept from one edit to the next (a new
+    one per edit would fault in fresh pages every time)."""
+
+    def __init__(self):
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def get(self, device: torch.device, dtype: torch.dtype, n: int) -> torch.Tensor:
+        buf = self._buffers.get((device, dtype))
+        if buf is None or buf.numel() < n:
+            buf = self._buffers[(device, dtype)] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n]
+
+
+def measure(after: torch.Tensor, before: torch.Tensor, *, magnitude: bool = False,
+            scratch: GateScratch | None = None) -> TensorCheck:
     """||after - before||, relative to ||before||, whether `after` is all finite and, with
-    `magnitude`, after's max|w| and norm (for the baseline rule). `hasher` (a contiguous CPU
-    `after` only) is fed after's bytes in the same pass, while they are in cache.
+    `magnitude`, after's max|w| and norm (for the baseline rule).
 
     One pass over both tensors a chunk at a time into one small scratch buffer (a whole-tensor
-    difference would allocate, and fault in, a tensor the size of the edited one). `after`
-    finite follows from finite norms of `before` and the difference, so the elementwise check
-    runs only when one of them is not finite.
+    difference would allocate, and fault in, a tensor the size of the edited one): per chunk a
+    difference into the scratch and two dot products on data still in cache. `after` finite
+    follows from finite norms of `before` and the difference, so the elementwise check runs
+    only when one of them is not finite.
     """
     if not after.is_floating_point():
         changed = not torch.equal(after, before)
-        if hasher is not None:
-            hasher.update(numpy_bytes(byte_view(after.contiguous())))
         return TensorCheck(float(changed), float(changed), True)
     a, b = after.reshape(-1), before.reshape(-1)
+    if not a.numel():
+        return TensorCheck(0.0, 0.0, True, 0.0 if magnitude else None, 0.0 if magnitude else None)
     wide = a.dtype not in (torch.float32, torch.float64)
-    scratch = torch.empty(min(_CHUNK, a.numel()), dtype=torch.float32 if wide else a.dtype, device=a.device)
-    delta_sq = base_sq = after_sq = 0.0
-    max_abs = 0.0
+    n = min(_CHUNK, a.numel())
+    work = torch.float32 if wide else a.dtype
+    scratch_buf = (scratch or GateScratch()).get(a.device, work, n)
+    sums = []  # per chunk: ||d||^2, ||b||^2 [, ||a||^2, min, max], read back once (one sync on a GPU)
     for start in range(0, a.numel(), _CHUNK):
         a_c, b_c = a[start : start + _CHUNK], b[start : start + _CHUNK]
-        d = scratch[: a_c.numel()]
+        d = scratch_buf[: a_c.numel()]
         if wide:
             b_c = b_c.float()
-        if hasher is not None:
-            hasher.update(numpy_bytes(byte_view(a_c)))
         torch.sub(a_c, b_c, out=d)
-        delta_sq += float(torch.dot(d, d))
-        base_sq += float(torch.dot(b_c, b_c))
+        sums += (torch.dot(d, d), torch.dot(b_c, b_c))
         if magnitude:
             a_f = a_c.float() if wide else a_c
-            after_sq += float(torch.dot(a_f, a_f))
-            low, high = torch.aminmax(a_c)
-            max_abs = max(max_abs, -float(low), float(high))
+            sums += (torch.dot(a_f, a_f), *torch.aminmax(a_f))
+    values = torch.stack(sums).tolist()
+    step = 5 if magnitude else 2
+    delta_sq, base_sq = math.fsum(values[0::step]), math.fsum(values[1::step])
+    after_sq = math.fsum(values[2::step]) if magnitude else 0.0
+    max_abs = max(max(-x for x in values[3::step]), max(values[4::step])) if magnitude else 0.0
     delta, base = math.sqrt(delta_sq), math.sqrt(base_sq)
     finite = math.isfinite(delta) and math.isfinite(base)
     if not finite:

@@ -2,8 +2,9 @@
 
 One row per edit (and per revert, kind "revert"), with one row per tensor it touched: the
 content hashes before and after (blake3, as the checkpoint store names blobs), ||dW|| and
-||dW||/||W||. A row is written in one transaction when the edit has been decided, so a
-process killed in the middle of an edit leaves no row. Readers (the CLI, the console, other
+||dW||/||W||. A row is written in one transaction after the edit has been decided (by the
+journal's writer thread, with the id the journal gave the edit then), so a process killed in
+the middle of an edit, or before the writer got to it, leaves no row. Readers (the CLI, the console, other
 processes) open the same file; WAL lets them read while the engine writes.
 """
 
@@ -180,20 +181,23 @@ class JournalDB:
     # -- writing ------------------------------------------------------------------------------
 
     def add(self, kind: str, description: str, meta: dict, outcome: str, reasons: list[str], gate: dict,
-            tensors: list[TensorChange], reverts: int | None = None) -> int:
+            tensors: list[TensorChange], reverts: int | None = None, *, entry_id: int | None = None,
+            created: float | None = None) -> int:
         """Record one edit or revert with its tensors in one transaction; returns its id.
 
-        A revert also marks the edit it undid, in the same transaction.
+        `entry_id`: the id the journal gave it when the edit was decided (else the next one);
+        `created`: when it was decided (else now). A revert also marks the edit it undid, in
+        the same transaction.
         """
         conn = self._conn()
         with conn:
             rows = [[t.name, t.dtype, list(t.shape), t.nbytes, t.hash_before, t.hash_after,
                      _finite_or_none(t.delta_norm), _finite_or_none(t.relative)] for t in tensors]
             cur = conn.execute(
-                "INSERT INTO edits (kind, description, meta, time, outcome, reasons, gate, reverts, tensors)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (kind, description, _json(meta), time.time(), outcome, _json(reasons), _json(gate), reverts,
-                 json.dumps(rows, allow_nan=True)),
+                "INSERT INTO edits (id, kind, description, meta, time, outcome, reasons, gate, reverts, tensors)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (entry_id, kind, description, _json(meta), time.time() if created is None else created, outcome,
+                 _json(reasons), _json(gate), reverts, json.dumps(rows, allow_nan=True)),
             )
             edit_id = cur.lastrowid
             conn.executemany("INSERT INTO edit_tensors (edit_id, name, hash_before) VALUES (?, ?, ?)",
@@ -201,6 +205,13 @@ class JournalDB:
             if reverts is not None:
                 conn.execute("UPDATE edits SET reverted_by = ? WHERE id = ?", (edit_id, reverts))
         return edit_id
+
+    def next_id(self) -> int:
+        """The id the next entry gets: one more than any entry ever written."""
+        conn = self._conn()
+        top = conn.execute("SELECT COALESCE(MAX(id), 0) FROM edits").fetchone()[0]
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'edits'").fetchone()
+        return max(top, seq[0] if seq else 0) + 1
 
     def set_checkpoint(self, edit_id: int, checkpoint_id: str, reason: str) -> None:
         """Record on an edit's row the checkpoint taken when it committed (in its gate results)."""

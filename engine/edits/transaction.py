@@ -2,21 +2,25 @@
 
 Entering pushes a write tracker (engine/store/write_tracker.py) and nothing else. The first
 in-place write into a parameter's bytes copies that parameter (only it) to the host, before
-the write runs. On leaving, the gate measures the touched tensors against their copies and
-runs the probe (hashing what the edit left in the same pass); the edit then commits (pre-edit
-blobs made durable, then the journal row, then the policy's checkpoint if it asks for one) or
-every touched tensor is put back from its copy, bit for bit, and the journal records why.
+the write runs (into a buffer mapped ahead of time: engine/edits/buffers.py). On leaving, the
+gate measures the touched tensors against their copies in one pass and runs the probe; the
+edit then commits or every touched tensor is put back from its copy, bit for bit. Either way
+the decided entry goes to the journal's writer thread (engine/edits/writer.py), which hashes
+the content, writes the pre-edit blobs and then the row (write-ahead), while the caller goes
+on; `durable=True` waits for it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from engine.edits import gate
-from engine.edits.content import HostCopy, content_hash, content_hasher, copy_tensor, crash_point, write_back
+from engine.edits.content import HostCopy, copy_tensor, write_back
 from engine.edits.errors import EditRejected
-from engine.edits.records import COMMITTED, EDIT, FAILED, REJECTED, TensorChange
+from engine.edits.pending import PendingEntry
+from engine.edits.records import COMMITTED, FAILED, REJECTED
 from engine.store.write_tracker import WriteTracker
 
 
@@ -28,23 +32,25 @@ class Edit:
     """
 
     def __init__(self, journal: Any, description: str, meta: dict,
-                 probe: Callable | None, probe_min: float):
+                 probe: Callable | None, probe_min: float, durable: bool = False):
         self.journal = journal
         self.description = str(description)
         self.meta = meta
         self.probe = probe
         self.probe_min = float(probe_min)
+        self.durable = durable
         self.id: int | None = None
         self.outcome: str | None = None
         self.reasons: list[str] = []
         self.checkpoint: str | None = None  # the checkpoint the policy asked for at commit
         self._copies: dict[int, HostCopy] = {}
+        self._touched: list[str] = []
         self._tracker: WriteTracker | None = None
 
     @property
     def touched(self) -> list[str]:
         """Names of the tensors the block wrote so far (tied groups under their first name)."""
-        return [c.name for c in self._copies.values()]
+        return self._touched or [c.name for c in self._copies.values()]
 
     # -- the block ----------------------------------------------------------------------------
 
@@ -55,10 +61,13 @@ class Edit:
         return self
 
     def _copy_on_write(self, hits: list[tuple[int, ...]]) -> None:
+        journal = self.journal
         for owners in hits:
             for i in owners:
                 if i not in self._copies:
-                    self._copies[i] = copy_tensor(self.journal._index.names[i], self.journal._index.tensors[i])
+                    copy = copy_tensor(journal._index.names[i], journal._index.tensors[i], journal._buffers)
+                    self._copies[i] = copy
+                    journal._post.before_write(i, copy)  # an earlier edit's post-edit content, if it waits
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         tracker, self._tracker = self._tracker, None
@@ -88,12 +97,11 @@ class Edit:
         tensors = journal._index.tensors
         rules = journal.gate_rules()
         magnitude = rules.baseline is not None
-        checks, after = {}, {}
+        checks = {}
         for i, c in self._copies.items():
             live = tensors[i].detach()
-            hasher = content_hasher(c, live)
-            checks[c.name] = gate.measure(live, c.typed(live.device), magnitude=magnitude, hasher=hasher)
-            after[i] = hasher.hexdigest() if hasher is not None else content_hash(c.name, live)
+            checks[c.name] = gate.measure(live, c.typed(live.device), magnitude=magnitude,
+                                          scratch=journal._gate_scratch)
         verdict = gate.judge(checks, rules)
         if verdict.passed:
             gate.run_probe(verdict, self.probe, journal.model, self.probe_min)
@@ -101,25 +109,26 @@ class Edit:
             self._roll_back()
             self._record(REJECTED, verdict.reasons, verdict.results, checks)
             raise EditRejected(self.description, verdict.reasons, self.id)
-        journal._content.keep(list(self._copies.values()))  # write-ahead: pre-edit content durable first
-        crash_point("pre_edit_durable")
-        self._record(COMMITTED, [], verdict.results, checks, after)
-        crash_point("committed")
+        self._record(COMMITTED, [], verdict.results, checks)
         journal._after_commit(self, checks)
+        if self.durable:
+            journal.flush()
 
     def _roll_back(self) -> None:
         tensors = self.journal._index.tensors
         for i, copy in self._copies.items():
             write_back(tensors[i], copy)
 
-    def _record(self, outcome: str, reasons: list[str], results: dict, checks: dict,
-                after: dict[int, str] | None = None) -> None:
-        changes = []
-        for i, c in self._copies.items():
-            check = checks.get(c.name)
-            changes.append(TensorChange(
-                c.name, c.dtype, c.shape, c.data.nbytes, c.digest, (after or {}).get(i),
-                check.delta_norm if check else None, check.relative if check else None))
+    def _record(self, outcome: str, reasons: list[str], results: dict, checks: dict) -> None:
+        """Hand the decided entry to the journal's writer (a committed edit with its post-edit slots)."""
+        journal = self.journal
         results = {**results, "tensors": {name: {"finite": ch.finite} for name, ch in checks.items()}}
+        after = None
+        if outcome == COMMITTED:
+            after = [journal._post.expect(i, c.name, journal._index.tensors[i]) for i, c in self._copies.items()]
+        entry = PendingEntry(0, self.description, self.meta, outcome, list(reasons), results,
+                             list(self._copies.values()), checks, time.time(), after)
+        self.id = journal._submit(entry)
         self.outcome, self.reasons = outcome, list(reasons)
-        self.id = self.journal._add(EDIT, self.description, self.meta, outcome, reasons, results, changes)
+        self._touched = [c.name for c in self._copies.values()]
+        self._copies = {}  # the writer owns the copies now (their buffers are reused once written)

@@ -48,10 +48,24 @@ class CheckpointSync:
         self.watcher: RunDirWatcher | None = None
 
     # -- the engine's own changes ------------------------------------------------------------
+    def flush_edits(self, doing: str) -> None:
+        """Wait for the edit journal's writer; one that cannot write is reported, never a reason
+        to refuse a save or a restore (the model's safety comes first)."""
+        journal = self._core.journal
+        if journal is None:
+            return
+        from engine.edits.errors import JournalWriteFailed
+
+        try:
+            journal.flush()
+        except JournalWriteFailed as exc:
+            self._core.alert("HIGH", f"{doing} a checkpoint with edits not on record: {exc}")
+
     def save(self, metadata: dict, *, hold: bool) -> str:
         """Save the model with `metadata` (plus experiment and step), publish it; hold it in memory if asked."""
         core = self._core
         metadata = {**metadata, "experiment": core.experiment_name, "step": core.step}
+        self.flush_edits("saving")  # edits the checkpoint holds are on record first (pre-edit content, row)
         self.check_disk_copies()
         started = time.perf_counter()
         checkpoint_id = core.checkpoints.save_checkpoint(metadata=metadata)
@@ -69,6 +83,7 @@ class CheckpointSync:
     def restore(self, checkpoint_id: str) -> bool:
         """Restore one checkpoint, publishing progress and the result."""
         core = self._core
+        self.flush_edits("restoring")  # pending edits hashed as they left the model, before it is overwritten
         report = core.progress_callback("restore")
         report(0, 1, f"restoring {checkpoint_id}")
         started = time.perf_counter()

@@ -195,6 +195,8 @@ class ExperimentRunner:
             try:
                 with core.supervisor.guard():
                     run.fn(run.ctx)
+                    if core.journal is not None:
+                        core.journal.flush()  # a finished run's edits are on disk
                 return RunEnd(Ending.FINISHED)
             finally:
                 core.supervisor.leave()

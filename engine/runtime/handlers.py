@@ -166,11 +166,11 @@ class CommandHandlers:
         return Reply(True, f"starting {name}", name)
 
     def plan_revert(self, command: PlanRevert) -> Reply:
-        from engine.edits import RevertRefused
+        from engine.edits import JournalWriteFailed, RevertRefused
 
         try:
             plan, later = self._core.edit_journal().plan(command.edit_id)
-        except (KeyError, RevertRefused) as exc:
+        except (KeyError, RevertRefused, JournalWriteFailed) as exc:
             return Reply(False, str(exc).strip("'\""))
         tensors = sorted({n for record in plan for n in record.names})
         self._core.publish(RevertPlanned(edit_id=command.edit_id, edits=tuple(r.id for r in plan),
@@ -179,7 +179,7 @@ class CommandHandlers:
 
     def revert_edit(self, command: RevertEdit) -> Reply:
         """Revert through the journal; its listener publishes each revert entry (EditRecorded)."""
-        from engine.edits import RevertFailed, RevertRefused
+        from engine.edits import JournalWriteFailed, RevertFailed, RevertRefused
 
         journal = self._core.edit_journal()
         try:
@@ -190,7 +190,7 @@ class CommandHandlers:
                                         f"now undoes edit(s) {', '.join(str(r.id) for r in plan)}; look again. "
                                         "The model was not changed.")
             entries = journal.revert(command.edit_id, cascade=command.cascade)
-        except (KeyError, RevertRefused, RevertFailed) as exc:
+        except (KeyError, RevertRefused, RevertFailed, JournalWriteFailed) as exc:
             return Reply(False, str(exc).strip("'\""))
         return Reply(True, f"reverted edit {command.edit_id}" + (f" and {len(entries) - 1} later edit(s)"
                                                                 if len(entries) > 1 else ""),

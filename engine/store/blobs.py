@@ -54,10 +54,15 @@ def memcmp(a: int, b: int, nbytes: int) -> int:
     return _libc.memcmp(a, b, nbytes)
 
 
-def tensor_hash(dtype: str, shape: tuple[int, ...], data) -> str:
-    """blake3 over dtype, shape and the raw bytes: equal hash <=> identical tensor."""
+def tensor_hash(dtype: str, shape: tuple[int, ...], data, threads: int | None = None) -> str:
+    """blake3 over dtype, shape and the raw bytes: equal hash <=> identical tensor.
+
+    `threads`: the hasher's threads; None uses several for a large tensor (a background
+    hasher passes 1, leaving the other cores to the thread it works for)."""
     nbytes = memoryview(data).nbytes
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO if nbytes >= _BIG_TENSOR else 1)
+    if threads is None:
+        threads = blake3.blake3.AUTO if nbytes >= _BIG_TENSOR else 1
+    h = blake3.blake3(max_threads=threads)
     h.update(_hash_prefix(dtype, shape))
     h.update(data)
     return h.hexdigest()
