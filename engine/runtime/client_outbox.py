@@ -14,6 +14,16 @@ What is for this client alone (answers to its commands, refusals, its role,
 how many are attached) is private: kept apart, never cleared by a resync or a
 snapshot (only the oldest dropped beyond `capacity`). The client's writer
 thread `take`s what is waiting, in publish order.
+
+What the writer is woken for, so that a steady stream of steps costs the
+engine little (`put` wakes the writer at most once per batch, and the writer
+sends each batch with one send):
+
+- what matters and what is private: at once (at most every `URGENT_GAP`);
+- routine events (steps, log lines, progress...): `gather` seconds after the
+  first of them since the last take, all of them together;
+- health: at most every `HEALTH_EVERY` seconds, the gauges' pace (the latest
+  wins meanwhile), or sooner with anything else that is sent.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import collections
 import heapq
 import itertools
 import threading
+import time
 from typing import Any, Hashable, Union
 
 from engine.events import (
@@ -32,11 +43,15 @@ from engine.events import (
     CommandDone,
     EngineStateChanged,
     Event,
+    HealthSnapshot,
     RunOutcome,
 )
 from engine.runtime.event_stream import coalesce_key
 
 DEFAULT_CAPACITY = 2000
+GATHER = 0.010  # seconds routine events wait for more before they are sent together
+HEALTH_EVERY = 0.1  # seconds between health snapshots sent to one client: the console draws its gauges at 10 Hz
+URGENT_GAP = 0.002  # seconds between two sends, even for what matters: a burst goes in batches, not one by one
 Item = Union[Event, dict[str, Any]]  # an event, or a protocol message of its own
 MATTERS = (Alert, CheckpointSaved, CheckpointDeleted, CheckpointRestored, EngineStateChanged, RunOutcome, CommandDone)
 
@@ -44,8 +59,10 @@ MATTERS = (Alert, CheckpointSaved, CheckpointDeleted, CheckpointRestored, Engine
 class ClientOutbox:
     """See the module docstring. Thread-safe; `put` never blocks."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY):
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, *, gather: float = GATHER, health_every: float = HEALTH_EVERY):
         self.capacity = capacity
+        self.gather = gather
+        self.health_every = health_every
         self._lock = threading.Condition()
         self._seq = itertools.count()
         self._latest: dict[Hashable, tuple[int, Event]] = {}
@@ -55,6 +72,10 @@ class ClientOutbox:
         self.dropped = 0  # of the rest, since the last take
         self.resync_needed = False
         self.closed = False
+        self._routine_since: float | None = None  # monotonic time of the first routine event since the last take
+        self._health_since: float | None = None  # the same for health
+        self._health_sent = -HEALTH_EVERY  # when health last went out
+        self._taken = -URGENT_GAP  # when the writer last took
 
     def put(self, event: Event) -> None:
         with self._lock:
@@ -62,20 +83,28 @@ class ClientOutbox:
                 return
             seq = next(self._seq)
             key = coalesce_key(event)
-            if key is not None:
-                self._latest[key] = (seq, event)
-            elif isinstance(event, MATTERS):
+            if isinstance(event, MATTERS) and key is None:
                 if len(self._matters) >= self.capacity:
                     self._clear()
                     self.resync_needed = True
                 else:
                     self._matters.append((seq, event))
+                self._lock.notify()
+                return
+            if key is not None:
+                self._latest[key] = (seq, event)
             else:
                 if len(self._rest) >= self.capacity:
                     self._rest.popleft()
                     self.dropped += 1
                 self._rest.append((seq, event))
-            self._lock.notify()
+            if isinstance(event, HealthSnapshot):
+                if self._health_since is None:
+                    self._health_since = time.monotonic()
+                    self._lock.notify()  # the writer learns when health is due; later ones wake nobody
+            elif self._routine_since is None:
+                self._routine_since = time.monotonic()
+                self._lock.notify()
 
     def put_private(self, item: Item) -> None:
         """An event or protocol message for this client only; survives resyncs and snapshots."""
@@ -98,6 +127,7 @@ class ClientOutbox:
         self._matters.clear()
         self._rest.clear()
         self.dropped = 0
+        self._routine_since = self._health_since = None
 
     def close(self) -> None:
         with self._lock:
@@ -111,14 +141,58 @@ class ClientOutbox:
             return len(self._latest) + len(self._matters) + len(self._rest) + len(self._private)
 
     def take(self, timeout: float | None = None) -> tuple[list[Item], bool, int]:
-        """(events in publish order, whether a resync is needed first, how many were dropped); waits up to `timeout`."""
+        """(events in publish order, whether a resync is needed first, how many were dropped).
+
+        Waits until something is due (see the module docstring), or up to
+        `timeout` and then takes whatever is waiting.
+        """
         with self._lock:
-            self._lock.wait_for(lambda: self.closed or self.resync_needed or self._matters or self._rest
-                                or self._latest or self._private, timeout)
-            merged = list(heapq.merge(self._matters, self._rest, self._private,
-                                      sorted(self._latest.values(), key=lambda i: i[0]), key=lambda item: item[0]))
-            resync, dropped = self.resync_needed, self.dropped
-            self._clear()
-            self._private.clear()
-            self.resync_needed = False
-            return [event for _, event in merged], resync, dropped
+            end = None if timeout is None else time.monotonic() + timeout
+            hold_health = True
+            while True:
+                now = time.monotonic()
+                due = self._due()
+                if due is not None and due <= now:
+                    break
+                if end is not None and now >= end:
+                    hold_health = False
+                    break
+                wake = min(t for t in (due, end) if t is not None) if (due, end) != (None, None) else None
+                self._lock.wait(None if wake is None else wake - now)
+            return self._take_all(hold_health and not self._health_due(now) and not self._urgent())
+
+    def _urgent(self) -> bool:
+        return bool(self.closed or self.resync_needed or self._matters or self._private)
+
+    def _health_due(self, now: float) -> bool:
+        return self._health_since is not None and now >= max(self._health_since + self.gather,
+                                                              self._health_sent + self.health_every)
+
+    def _due(self) -> float | None:
+        """When the writer should next take (monotonic), None when nothing waits. Lock held."""
+        if self._urgent():
+            return self._taken + URGENT_GAP
+        times = []
+        if self._routine_since is not None:
+            times.append(max(self._routine_since + self.gather, self._taken + URGENT_GAP))
+        if self._health_since is not None:
+            times.append(max(self._health_since + self.gather, self._health_sent + self.health_every))
+        return min(times) if times else None
+
+    def _take_all(self, hold_health: bool) -> tuple[list[Item], bool, int]:
+        """Everything waiting but, with `hold_health`, a health snapshot that is not yet due. Lock held."""
+        held = self._latest.pop(HealthSnapshot.kind, None) if hold_health else None
+        merged = list(heapq.merge(self._matters, self._rest, self._private,
+                                  sorted(self._latest.values(), key=lambda i: i[0]), key=lambda item: item[0]))
+        resync, dropped = self.resync_needed, self.dropped
+        health_since = self._health_since
+        self._clear()
+        self._private.clear()
+        self.resync_needed = False
+        self._taken = time.monotonic()
+        if held is not None:
+            self._latest[HealthSnapshot.kind] = held
+            self._health_since = health_since
+        elif health_since is not None:
+            self._health_sent = self._taken
+        return [event for _, event in merged], resync, dropped

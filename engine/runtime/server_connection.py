@@ -26,7 +26,6 @@ from engine.runtime.client_outbox import DEFAULT_CAPACITY, ClientOutbox
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0  # seconds a new connection has to say hello
-GATHER = 0.005  # seconds a writer lets events gather after a send: one wake-up per batch, not per event
 CONTROLLER_ONLY = (cmd.Save, cmd.Restore, cmd.Delete, cmd.Pause, cmd.Resume, cmd.RunExperiment, cmd.Shutdown)
 
 
@@ -167,8 +166,7 @@ class Connection:
                 if dropped:
                     items.insert(0, LogLine(text=f"{dropped} log lines or steps were dropped: this console read "
                                                  "too slowly", source="server"))
-                self._send(self._encode_all(items))
-                self.closed.wait(GATHER)
+                self._send(self._encode_all(items))  # the batch the outbox gathered, in one send
         except OSError as exc:
             log.info("engine socket: console %d write ended: %s", self.number, exc)
         finally:
