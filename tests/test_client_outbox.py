@@ -52,3 +52,19 @@ def test_private_items_survive_a_resync_and_a_snapshot():
     box.put_private({"t": "role", "role": "observer"})
     items, resync, _ = box.take(timeout=0)
     assert not resync and [type(i).__name__ for i in items] == ["CommandDone", "dict"]
+
+
+def test_health_goes_at_its_own_pace_and_with_anything_that_matters():
+    box = ClientOutbox(gather=0.0, health_every=3600.0)
+    box.put(ev.HealthSnapshot(status="OK", step=1))
+    assert [i.step for i in box.take(timeout=60)[0]] == [1]  # the first health goes at once
+    box.put(ev.HealthSnapshot(status="OK", step=2))
+    box.put(ev.LogLine(text="routine"))
+    items, _, _ = box.take(timeout=60)
+    assert [i.kind for i in items] == ["log"]  # routine events go on; health waits for its time
+    box.put(ev.HealthSnapshot(status="WARNING", step=3))
+    box.put(ev.Alert(severity="HIGH", message="matters"))
+    items, _, _ = box.take(timeout=60)
+    assert [(i.kind, getattr(i, "step", None)) for i in items] == [("health", 3), ("alert", None)]
+    box.put(ev.HealthSnapshot(status="OK", step=4))
+    assert [i.step for i in box.take(timeout=0)[0]] == [4]  # a take that times out takes everything

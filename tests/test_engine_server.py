@@ -158,6 +158,21 @@ def test_a_client_that_stops_reading_does_not_slow_the_engine(tmp_path, tiny_mod
     assert stuck_connection.outbox.pending() <= 2 * stuck_connection.outbox.capacity + 10
     fresh = attach(run_dir)  # the engine still serves others at once
     assert fresh.command(cmd.Compare(checkpoint_a=driver.of(ev.CheckpointList)[-1].checkpoints[0].id)).ok
+    published = []  # a burst the writer sends in gathered batches: complete, in publish order, the latest health
+    for i in range(200):
+        for event in (ev.ExperimentStep(experiment="burst", step=i), ev.HealthSnapshot(status="OK", step=i),
+                      ev.LogLine(text=f"burst {i}", source="test"), ev.Alert(severity="INFO", message=f"burst {i}")):
+            publish(event)
+            published.append(event)
+    fresh.wait_for(lambda e: isinstance(e, ev.HealthSnapshot) and e.step == 199)
+    fresh.wait_for(lambda e: isinstance(e, ev.Alert) and e.message == "burst 199")
+
+    def burst(events):
+        return [(e.kind, getattr(e, "step", None), getattr(e, "text", None), getattr(e, "message", None))
+                for e in events if isinstance(e, (ev.ExperimentStep, ev.LogLine, ev.Alert))
+                and "burst" in (getattr(e, "experiment", None) or getattr(e, "text", None) or e.message)]
+
+    assert burst(fresh.events) == burst(published)
     fresh.client.shutdown()
     stuck.close()
 
