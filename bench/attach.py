@@ -204,6 +204,14 @@ def print_step_windows(name: str, measured: dict) -> None:
         print(f"     CPU per step, {group:<26} none {cpu[0] * 1000:6.3f} ms   three {cpu[1] * 1000:6.3f} ms")
 
 
+def print_latency(local: list[float], remote: list[float], seconds: float) -> None:
+    print(f"1. event latency engine -> client (ExperimentStep, {len(remote)} events over {seconds:.0f} s)")
+    for name, values in (("in-process drain (alternative)", local), ("socket client (ours)", remote)):
+        print(f"   {name:<32} p50 {percentile(values, 0.5) * 1000:7.2f} ms   p95 {percentile(values, 0.95) * 1000:7.2f} ms")
+    added = (percentile(remote, 0.95) - percentile(local, 0.95)) * 1000
+    print(f"   the socket adds {added:.2f} ms at p95 (goal <= 20 ms)")
+
+
 def consoles(path: str, count: int) -> int:
     """The other process of part 2: `count` attached consoles draining until stdin closes."""
     from console.engine_client import EngineClient
@@ -385,7 +393,7 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="a model directory or 'demo' (default: a tiny Qwen2)")
     parser.add_argument("--samples", type=int, default=8, help="key presses of each kind per console and round")
     parser.add_argument("--rounds", type=int, default=4, help="alternations of part 2's windows (none, three)")
-    parser.add_argument("--only", choices=("2",), help="run part 2 alone")
+    parser.add_argument("--only", choices=("1", "2"), help="run part 1 or part 2 alone")
     parser.add_argument("--consoles", nargs=2, metavar=("SOCKET", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="3-second windows, 3 key presses (a smoke run)")
     args = parser.parse_args()
@@ -409,9 +417,9 @@ def main() -> int:
         train.write_text(TRAIN)
 
         # 2. step time (first, on engines of its own, while nothing else runs)
-        steps = {name: step_windows(model, tmp / f"steps-{path.stem}", path, args.seconds / 2, args.rounds)
-                 for name, path in (("toy step (multiply, 2 ms wait)", experiment),
-                                    ("forward/backward of the tiny model", train))}
+        steps = {} if args.only == "1" else {
+            name: step_windows(model, tmp / f"steps-{path.stem}", path, args.seconds / 2, args.rounds)
+            for name, path in (("toy step (multiply, 2 ms wait)", experiment), ("forward/backward of the tiny model", train))}
         if args.only == "2":
             print("2. engine step time")
             for name, measured in steps.items():
@@ -437,10 +445,13 @@ def main() -> int:
         remote.latencies.clear()
         time.sleep(args.seconds)
         lat_local, lat_remote = list(local.latencies), list(remote.latencies)
-
         for consumer in (local, remote):
             consumer.done.set()
         remote_client.shutdown()
+        if args.only == "1":
+            engine.shutdown(timeout=120)
+            print_latency(lat_local, lat_remote, args.seconds)
+            return 0
 
         # 3. key -> acknowledgement, alternating in-process (today) and attached consoles
         import asyncio
@@ -467,11 +478,7 @@ def main() -> int:
         engine.shutdown(timeout=120)
 
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
-    print(f"1. event latency engine -> client (ExperimentStep, {len(lat_remote)} events over {args.seconds:.0f} s)")
-    for name, values in (("in-process drain (alternative)", lat_local), ("socket client (ours)", lat_remote)):
-        print(f"   {name:<32} p50 {percentile(values, 0.5) * 1000:7.2f} ms   p95 {percentile(values, 0.95) * 1000:7.2f} ms")
-    added = (percentile(lat_remote, 0.95) - percentile(lat_local, 0.95)) * 1000
-    print(f"   the socket adds {added:.2f} ms at p95 (goal <= 20 ms)")
+    print_latency(lat_local, lat_remote, args.seconds)
     print("2. engine step time")
     for name, measured in steps.items():
         print_step_windows(name, measured)
