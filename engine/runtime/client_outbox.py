@@ -12,12 +12,13 @@ published it (usually the engine thread), so `put` only files the event:
 
 What is for this client alone (answers to its commands, refusals, its role,
 how many are attached) is private: kept apart, never cleared by a resync or a
-snapshot (only the oldest dropped beyond `capacity`). The client's writer
-thread `take`s what is waiting, in publish order.
+snapshot (only the oldest dropped beyond `capacity`). The server's fan-out
+writer (engine.runtime.fanout_writer) waits on the lock all outboxes share
+until one is `due`, then `take`s what is waiting, in publish order.
 
-What the writer is woken for, so that a steady stream of steps costs the
-engine little (`put` wakes the writer at most once per batch, and the writer
-sends each batch with one send):
+When an outbox is due, so that a steady stream of steps costs the engine
+little (`put` wakes the writer at most once per batch, and each batch goes out
+in one send):
 
 - what matters and what is private: at once (at most every `URGENT_GAP`);
 - routine events (steps, log lines, progress...): `gather` seconds after the
@@ -59,11 +60,12 @@ MATTERS = (Alert, CheckpointSaved, CheckpointDeleted, CheckpointRestored, Engine
 class ClientOutbox:
     """See the module docstring. Thread-safe; `put` never blocks."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, *, gather: float = GATHER, health_every: float = HEALTH_EVERY):
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, *, gather: float = GATHER, health_every: float = HEALTH_EVERY,
+                 lock: threading.Condition | None = None):
         self.capacity = capacity
         self.gather = gather
         self.health_every = health_every
-        self._lock = threading.Condition()
+        self._lock = lock or threading.Condition()  # the server's, shared by every client's outbox
         self._seq = itertools.count()
         self._latest: dict[Hashable, tuple[int, Event]] = {}
         self._matters: collections.deque[tuple[int, Item]] = collections.deque()
@@ -74,7 +76,7 @@ class ClientOutbox:
         self.closed = False
         self._routine_since: float | None = None  # monotonic time of the first routine event since the last take
         self._health_since: float | None = None  # the same for health
-        self._health_sent = -HEALTH_EVERY  # when health last went out
+        self._health_sent = -health_every  # when health last went out
         self._taken = -URGENT_GAP  # when the writer last took
 
     def put(self, event: Event) -> None:
@@ -140,26 +142,20 @@ class ClientOutbox:
         with self._lock:
             return len(self._latest) + len(self._matters) + len(self._rest) + len(self._private)
 
-    def take(self, timeout: float | None = None) -> tuple[list[Item], bool, int]:
-        """(events in publish order, whether a resync is needed first, how many were dropped).
+    def due(self) -> float | None:
+        """When what waits should be sent (time.monotonic()); None when nothing waits (see the module docstring)."""
+        with self._lock:
+            return None if self.closed else self._due()
 
-        Waits until something is due (see the module docstring), or up to
-        `timeout` and then takes whatever is waiting.
+    def take(self, everything: bool = False) -> tuple[list[Item], bool, int]:
+        """(events in publish order, whether a resync is needed first, how many were dropped), without waiting.
+
+        With a resync, only the private items: the snapshot sent first stands for the rest.
+        A health snapshot that is not yet due stays, unless something urgent
+        goes now or `everything` is asked for.
         """
         with self._lock:
-            end = None if timeout is None else time.monotonic() + timeout
-            hold_health = True
-            while True:
-                now = time.monotonic()
-                due = self._due()
-                if due is not None and due <= now:
-                    break
-                if end is not None and now >= end:
-                    hold_health = False
-                    break
-                wake = min(t for t in (due, end) if t is not None) if (due, end) != (None, None) else None
-                self._lock.wait(None if wake is None else wake - now)
-            return self._take_all(hold_health and not self._health_due(now) and not self._urgent())
+            return self._take_all(not everything and not self._health_due(time.monotonic()) and not self._urgent())
 
     def _urgent(self) -> bool:
         return bool(self.closed or self.resync_needed or self._matters or self._private)
@@ -182,8 +178,11 @@ class ClientOutbox:
     def _take_all(self, hold_health: bool) -> tuple[list[Item], bool, int]:
         """Everything waiting but, with `hold_health`, a health snapshot that is not yet due. Lock held."""
         held = self._latest.pop(HealthSnapshot.kind, None) if hold_health else None
-        merged = list(heapq.merge(self._matters, self._rest, self._private,
-                                  sorted(self._latest.values(), key=lambda i: i[0]), key=lambda item: item[0]))
+        if self.resync_needed:  # the coming snapshot stands for every shared event; private ones still go after it
+            merged = list(self._private)
+        else:
+            merged = list(heapq.merge(self._matters, self._rest, self._private,
+                                      sorted(self._latest.values(), key=lambda i: i[0]), key=lambda item: item[0]))
         resync, dropped = self.resync_needed, self.dropped
         health_since = self._health_since
         self._clear()
