@@ -43,8 +43,9 @@ class FanoutWriter:
     def add(self, connection: Any) -> None:
         """`connection` has its snapshot: from now on this writer sends it its events."""
         with self.ready:
-            self._streaming.append(connection)
-            self.ready.notify_all()
+            if not connection.closed.is_set():  # closed meanwhile: its close() found nothing to remove
+                self._streaming.append(connection)
+                self.ready.notify_all()
 
     def remove(self, connection: Any) -> None:
         with self.ready:

@@ -5,8 +5,9 @@ commands and acts on them as the client's role allows; the connection's own
 writer thread sends the hello answer and the snapshot, then hands the client
 to the server's fan-out writer (engine.runtime.fanout_writer), which sends it
 its events without ever waiting on it; the own thread sends only what would
-wait (the rest of a batch the socket did not take, a resync's snapshot). Anything the protocol does not allow ends this connection only, with
-the reason sent as an "error" message when the socket still takes it.
+wait (the rest of a batch the socket did not take, a resync's snapshot).
+Anything the protocol does not allow ends this connection only, with the
+reason sent as an "error" message when the socket still takes it.
 """
 
 from __future__ import annotations
