@@ -8,7 +8,15 @@
    in-process consumer draining the Engine directly (the alternative), both in
    the same run. Goal: the socket adds <= 20 ms at p95.
 2. Engine step time with three consoles attached (in another process, as real
-   consoles are) against none, alternating windows in one run. Goal: <= 2 % slower.
+   consoles are) against none, alternating windows in one run (medians of
+   --rounds windows each), on an engine of its own whose events are also written
+   out as `redline run --detach` writes its log. Two steps: the toy step of the
+   other parts (an in-place multiply and a 2 ms ctx.wait) and a forward/backward
+   of the tiny model (no wait: the engine never idles). Beside them, where each
+   step's CPU goes: the engine thread, the server's threads, the consoles' process.
+   A third window, no console but a busy process beside, is a control: on a
+   virtual machine a busy neighbour core can make steps faster (cheaper wake-ups),
+   which would flatter the three-console windows. Goal: <= 2 % slower.
 3. Key -> acknowledgement on screen, in the real console app (Textual, headless):
    save (Enter in the save dialog -> the "saved" notification) and ctrl+x (the key
    -> the engine's state change shown), for a console attached over the socket
@@ -50,6 +58,19 @@ def run(ctx):
             weight.mul_(1.0)
         ctx.step("touch up_proj")
         ctx.wait(0.002)
+"""
+
+TRAIN = """
+import torch
+
+def run(ctx):
+    model = ctx.model
+    ids = torch.randint(0, model.config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(0))
+    while True:
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        ctx.step("forward/backward", loss=loss.detach())
 """
 
 
@@ -95,13 +116,117 @@ class Consumer(threading.Thread):
                     self.steps.append((now, event.step))
 
 
-def step_time(consumer: Consumer, since: float, until: float) -> float:
-    """Mean seconds per engine step between two wall-clock times, from the steps the consumer saw."""
-    window = [(t, s) for t, s in consumer.steps if since <= t <= until]
-    if len(window) < 2:
-        return float("nan")
-    (t0, s0), (t1, s1) = window[0], window[-1]
-    return (t1 - t0) / max(1, s1 - s0)
+WINDOWS = ("none", "busy", "three")  # part 2's windows: no console, no console but a busy process beside, three
+BUSY = "import select, sys\nwhile not select.select([sys.stdin], [], [], 0)[0]:\n    pass"  # spins (niced) until stdin closes
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process's threads, grouped: the engine, the server, the rest (Linux /proc)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    groups: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        name = names.get(int(tid), "")
+        group = ("engine thread" if name == "redline-engine" else
+                 "server writers" if name.endswith("-out") else
+                 "server readers, acceptor" if name.startswith("redline-") else "log writer, other")
+        groups[group] = groups.get(group, 0.0) + process_cpu(f"/proc/self/task/{tid}/stat")
+    return groups
+
+
+def process_cpu(stat: str) -> float:
+    """User + system CPU seconds from a /proc .../stat file."""
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def step_windows(model: str, run_dir: Path, experiment: Path, seconds: float, rounds: int) -> dict:
+    """Part 2 on one experiment: ms per step in alternating windows without and with three consoles (another
+    process), and each window's CPU per step by thread group."""
+    import subprocess
+
+    from engine.runtime import Engine, EngineConfig
+    from engine.runtime.headless import _print
+    from engine.runtime.socket_paths import socket_path
+
+    import torch
+
+    threads = torch.get_num_threads()  # one torch thread: no spinning workers on a shared machine; restored after
+    engine = Engine(EngineConfig(model=model, experiment=str(experiment), run_dir=run_dir, device="cpu",
+                                 serve=True, auto_checkpoint_every=0, evaluate_every=0, threads=1))
+    engine.start()
+    log = open(os.devnull, "w")
+    stop = threading.Event()
+
+    def write_log() -> None:  # what the detached engine's main thread does with every event
+        while not stop.is_set():
+            engine.wait_events(timeout=0.5)
+            _print(engine.drain_events(), log)
+
+    writer = threading.Thread(target=write_log, daemon=True)
+    writer.start()
+    deadline = time.time() + 120
+    while engine.core is None or engine.core.step < 20:
+        if time.time() > deadline or engine.error:
+            raise SystemExit(f"bench: the experiment did not start stepping ({engine.error})")
+        time.sleep(0.1)
+    measured = {label: [] for label in WINDOWS} | {f"cpu {label}": [] for label in WINDOWS}
+    for _ in range(rounds):
+        for label in WINDOWS:
+            others = None
+            if label == "busy":
+                others = subprocess.Popen([sys.executable, "-c", BUSY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          text=True, preexec_fn=lambda: os.nice(19))
+            elif label == "three":
+                others = subprocess.Popen([sys.executable, __file__, "--consoles", str(socket_path(run_dir)), "3"],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                others.stdout.readline()
+            time.sleep(1.0)  # settle (snapshots sent)
+            step0, time0, cpu0 = engine.core.step, time.perf_counter(), thread_cpu()
+            other0 = process_cpu(f"/proc/{others.pid}/stat") if others else 0.0
+            time.sleep(seconds)
+            steps, elapsed, cpu1 = engine.core.step - step0, time.perf_counter() - time0, thread_cpu()
+            if others is not None:
+                cpu1[f"{label}'s other process"] = process_cpu(f"/proc/{others.pid}/stat") - other0
+                others.stdin.close()
+                others.wait(30)
+            measured[label].append(elapsed / max(1, steps))
+            measured[f"cpu {label}"].append({k: (v - cpu0.get(k, 0.0)) / max(1, steps) for k, v in cpu1.items()})
+    stop.set()
+    engine.shutdown(timeout=120)
+    writer.join(5)
+    log.close()
+    torch.set_num_threads(threads)
+    return measured
+
+
+def print_step_windows(name: str, measured: dict) -> None:
+    none, busy, three = (statistics.median(measured[label]) for label in WINDOWS)
+    print(f"   {name}")
+    print(f"     no console attached (alternative)  median {none * 1000:7.3f} ms/step   "
+          f"windows {' '.join(f'{w * 1000:.2f}' for w in measured['none'])}")
+    print(f"     none, a busy process beside        median {busy * 1000:7.3f} ms/step   "
+          f"windows {' '.join(f'{w * 1000:.2f}' for w in measured['busy'])}   {100 * (busy / none - 1):+.1f} % "
+          "(control: what activity beside the engine alone does on this machine)")
+    print(f"     three consoles attached (ours)     median {three * 1000:7.3f} ms/step   "
+          f"windows {' '.join(f'{w * 1000:.2f}' for w in measured['three'])}   {100 * (three / none - 1):+.1f} % "
+          "(goal <= +2 %)")
+    groups = sorted(set().union(*(measured[f"cpu {label}"][0] for label in WINDOWS)))
+    for group in groups:
+        cpu = [statistics.median(w.get(group, 0.0) for w in measured[f"cpu {label}"]) for label in WINDOWS]
+        print(f"     CPU per step, {group:<26} none {cpu[0] * 1000:6.3f} ms   busy {cpu[1] * 1000:6.3f} ms   "
+              f"three {cpu[2] * 1000:6.3f} ms")
+    three_cpu = {g: statistics.median(w.get(g, 0.0) for w in measured["cpu three"]) for g in groups}
+    serving = three_cpu.get("server writers", 0.0) + three_cpu.get("server readers, acceptor", 0.0)
+    print(f"     the server's threads use {100 * serving / three_cpu['engine thread']:.1f} % of the engine thread's CPU "
+          "(the engine process's work for three consoles, whatever the machine's load)")
+
+
+def print_latency(local: list[float], remote: list[float], seconds: float) -> None:
+    print(f"1. event latency engine -> client (ExperimentStep, {len(remote)} events over {seconds:.0f} s)")
+    for name, values in (("in-process drain (alternative)", local), ("socket client (ours)", remote)):
+        print(f"   {name:<32} p50 {percentile(values, 0.5) * 1000:7.2f} ms   p95 {percentile(values, 0.95) * 1000:7.2f} ms")
+    added = (percentile(remote, 0.95) - percentile(local, 0.95)) * 1000
+    print(f"   the socket adds {added:.2f} ms at p95 (goal <= 20 ms)")
 
 
 def consoles(path: str, count: int) -> int:
@@ -284,11 +409,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measuring window")
     parser.add_argument("--model", default=None, help="a model directory or 'demo' (default: a tiny Qwen2)")
     parser.add_argument("--samples", type=int, default=8, help="key presses of each kind per console and round")
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of part 2's windows (none, three)")
+    parser.add_argument("--only", choices=("1", "2"), help="run part 1 or part 2 alone")
     parser.add_argument("--consoles", nargs=2, metavar=("SOCKET", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="3-second windows, 3 key presses (a smoke run)")
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.samples = min(args.seconds, 3.0), min(args.samples, 3)
+        args.seconds, args.samples, args.rounds = min(args.seconds, 3.0), min(args.samples, 3), min(args.rounds, 2)
     if args.consoles:
         return consoles(args.consoles[0], int(args.consoles[1]))
     import subprocess
@@ -303,6 +430,18 @@ def main() -> int:
         model = args.model or str(tiny_model(tmp / "model"))
         experiment = tmp / "experiment.py"
         experiment.write_text(EXPERIMENT)
+        train = tmp / "train.py"
+        train.write_text(TRAIN)
+
+        # 2. step time (first, on engines of its own, while nothing else runs)
+        steps = {} if args.only == "1" else {
+            name: step_windows(model, tmp / f"steps-{path.stem}", path, args.seconds / 2, args.rounds)
+            for name, path in (("toy step (multiply, 2 ms wait)", experiment), ("forward/backward of the tiny model", train))}
+        if args.only == "2":
+            print("2. engine step time")
+            for name, measured in steps.items():
+                print_step_windows(name, measured)
+            return 0
         engine = Engine(EngineConfig(model=model, experiment=str(experiment), run_dir=tmp / "run", device="cpu",
                                      serve=True, auto_checkpoint_every=0, evaluate_every=0))
         engine.start()
@@ -323,26 +462,13 @@ def main() -> int:
         remote.latencies.clear()
         time.sleep(args.seconds)
         lat_local, lat_remote = list(local.latencies), list(remote.latencies)
-
-        # 2. step time: alternate none / three extra consoles attached
-        windows = {"none": [], "three": []}
-        for _ in range(2):
-            for label in ("none", "three"):
-                others = None
-                if label == "three":
-                    others = subprocess.Popen([sys.executable, __file__, "--consoles", str(socket_path(tmp / "run")),
-                                               "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                    others.stdout.readline()
-                time.sleep(1.0)  # settle (snapshots sent)
-                since = time.time()
-                time.sleep(args.seconds / 2)
-                windows[label].append(step_time(local, since, time.time()))
-                if others is not None:
-                    others.stdin.close()
-                    others.wait(30)
         for consumer in (local, remote):
             consumer.done.set()
         remote_client.shutdown()
+        if args.only == "1":
+            engine.shutdown(timeout=120)
+            print_latency(lat_local, lat_remote, args.seconds)
+            return 0
 
         # 3. key -> acknowledgement, alternating in-process (today) and attached consoles
         import asyncio
@@ -369,16 +495,10 @@ def main() -> int:
         engine.shutdown(timeout=120)
 
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
-    print(f"1. event latency engine -> client (ExperimentStep, {len(lat_remote)} events over {args.seconds:.0f} s)")
-    for name, values in (("in-process drain (alternative)", lat_local), ("socket client (ours)", lat_remote)):
-        print(f"   {name:<32} p50 {percentile(values, 0.5) * 1000:7.2f} ms   p95 {percentile(values, 0.95) * 1000:7.2f} ms")
-    added = (percentile(lat_remote, 0.95) - percentile(lat_local, 0.95)) * 1000
-    print(f"   the socket adds {added:.2f} ms at p95 (goal <= 20 ms)")
-    none, three = statistics.mean(windows["none"]), statistics.mean(windows["three"])
+    print_latency(lat_local, lat_remote, args.seconds)
     print("2. engine step time")
-    print(f"   no console attached (alternative)  {none * 1000:7.3f} ms/step")
-    print(f"   three consoles attached (ours)     {three * 1000:7.3f} ms/step   {100 * (three / none - 1):+.1f} % "
-          "(goal <= +2 %)")
+    for name, measured in steps.items():
+        print_step_windows(name, measured)
     print(f"3. key -> acknowledgement on screen ({2 * args.samples} presses of each per console)")
     for index, key in enumerate(("save (Enter -> 'saved')", "ctrl+x (key -> state shown)")):
         today, ours = acks["in-process"][index], acks["attached"][index]

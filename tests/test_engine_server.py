@@ -158,6 +158,31 @@ def test_a_client_that_stops_reading_does_not_slow_the_engine(tmp_path, tiny_mod
     assert stuck_connection.outbox.pending() <= 2 * stuck_connection.outbox.capacity + 10
     fresh = attach(run_dir)  # the engine still serves others at once
     assert fresh.command(cmd.Compare(checkpoint_a=driver.of(ev.CheckpointList)[-1].checkpoints[0].id)).ok
+    late, late_reader, _ = raw_hello(socket_path(run_dir), role="observer")  # reads only after the burst
+    while json.loads(late_reader.read_line())["t"] != "snapshot_end":
+        pass
+    published = []  # more than a socket takes at once: gathered batches, the rest sent by the client's own thread
+    for i in range(400):
+        for event in (ev.ExperimentStep(experiment="burst", step=i), ev.HealthSnapshot(status="OK", step=i),
+                      ev.LogLine(text=f"burst {i}", source="test"),
+                      ev.Alert(severity="INFO", message=f"burst {i} " + "x" * 500)):
+            publish(event)
+            published.append(event)
+    fresh.wait_for(lambda e: isinstance(e, ev.HealthSnapshot) and e.step == 399)
+    fresh.wait_for(lambda e: isinstance(e, ev.Alert) and e.message.startswith("burst 399 "))
+    late_events = []
+    while not late_events or not (isinstance(late_events[-1], ev.Alert) and late_events[-1].message.startswith("burst 399 ")):
+        message = protocol.decode(late_reader.read_line(), protocol.SERVER_TYPES)
+        if message["t"] == "event":
+            late_events.append(protocol.read_event(message))
+
+    def burst(events):
+        return [(e.kind, getattr(e, "step", None), getattr(e, "text", None), getattr(e, "message", None))
+                for e in events if isinstance(e, (ev.ExperimentStep, ev.LogLine, ev.Alert))
+                and "burst" in (getattr(e, "experiment", None) or getattr(e, "text", None) or e.message)]
+
+    assert burst(fresh.events) == burst(published) == burst(late_events)  # complete, in publish order
+    late.close()
     fresh.client.shutdown()
     stuck.close()
 

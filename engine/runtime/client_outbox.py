@@ -12,8 +12,19 @@ published it (usually the engine thread), so `put` only files the event:
 
 What is for this client alone (answers to its commands, refusals, its role,
 how many are attached) is private: kept apart, never cleared by a resync or a
-snapshot (only the oldest dropped beyond `capacity`). The client's writer
-thread `take`s what is waiting, in publish order.
+snapshot (only the oldest dropped beyond `capacity`). The server's fan-out
+writer (engine.runtime.fanout_writer) waits on the lock all outboxes share
+until one is `due`, then `take`s what is waiting, in publish order.
+
+When an outbox is due, so that a steady stream of steps costs the engine
+little (`put` wakes the writer at most once per batch, and each batch goes out
+in one send):
+
+- what matters and what is private: at once (at most every `URGENT_GAP`);
+- routine events (steps, log lines, progress...): `gather` seconds after the
+  first of them since the last take, all of them together;
+- health: at most every `HEALTH_EVERY` seconds, the gauges' pace (the latest
+  wins meanwhile), or sooner with anything else that is sent.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import collections
 import heapq
 import itertools
 import threading
+import time
 from typing import Any, Hashable, Union
 
 from engine.events import (
@@ -32,11 +44,15 @@ from engine.events import (
     CommandDone,
     EngineStateChanged,
     Event,
+    HealthSnapshot,
     RunOutcome,
 )
 from engine.runtime.event_stream import coalesce_key
 
 DEFAULT_CAPACITY = 2000
+GATHER = 0.010  # seconds routine events wait for more before they are sent together
+HEALTH_EVERY = 0.1  # seconds between health snapshots sent to one client: the console draws its gauges at 10 Hz
+URGENT_GAP = 0.002  # seconds between two sends, even for what matters: a burst goes in batches, not one by one
 Item = Union[Event, dict[str, Any]]  # an event, or a protocol message of its own
 MATTERS = (Alert, CheckpointSaved, CheckpointDeleted, CheckpointRestored, EngineStateChanged, RunOutcome, CommandDone)
 
@@ -44,9 +60,12 @@ MATTERS = (Alert, CheckpointSaved, CheckpointDeleted, CheckpointRestored, Engine
 class ClientOutbox:
     """See the module docstring. Thread-safe; `put` never blocks."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY):
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, *, gather: float = GATHER, health_every: float = HEALTH_EVERY,
+                 lock: threading.Condition | None = None):
         self.capacity = capacity
-        self._lock = threading.Condition()
+        self.gather = gather
+        self.health_every = health_every
+        self._lock = lock or threading.Condition()  # the server's, shared by every client's outbox
         self._seq = itertools.count()
         self._latest: dict[Hashable, tuple[int, Event]] = {}
         self._matters: collections.deque[tuple[int, Item]] = collections.deque()
@@ -55,6 +74,10 @@ class ClientOutbox:
         self.dropped = 0  # of the rest, since the last take
         self.resync_needed = False
         self.closed = False
+        self._routine_since: float | None = None  # monotonic time of the first routine event since the last take
+        self._health_since: float | None = None  # the same for health
+        self._health_sent = -health_every  # when health last went out
+        self._taken = -URGENT_GAP  # when the writer last took
 
     def put(self, event: Event) -> None:
         with self._lock:
@@ -62,20 +85,28 @@ class ClientOutbox:
                 return
             seq = next(self._seq)
             key = coalesce_key(event)
-            if key is not None:
-                self._latest[key] = (seq, event)
-            elif isinstance(event, MATTERS):
+            if isinstance(event, MATTERS) and key is None:
                 if len(self._matters) >= self.capacity:
                     self._clear()
                     self.resync_needed = True
                 else:
                     self._matters.append((seq, event))
+                self._lock.notify()
+                return
+            if key is not None:
+                self._latest[key] = (seq, event)
             else:
                 if len(self._rest) >= self.capacity:
                     self._rest.popleft()
                     self.dropped += 1
                 self._rest.append((seq, event))
-            self._lock.notify()
+            if isinstance(event, HealthSnapshot):
+                if self._health_since is None:
+                    self._health_since = time.monotonic()
+                    self._lock.notify()  # the writer learns when health is due; later ones wake nobody
+            elif self._routine_since is None:
+                self._routine_since = time.monotonic()
+                self._lock.notify()
 
     def put_private(self, item: Item) -> None:
         """An event or protocol message for this client only; survives resyncs and snapshots."""
@@ -98,6 +129,7 @@ class ClientOutbox:
         self._matters.clear()
         self._rest.clear()
         self.dropped = 0
+        self._routine_since = self._health_since = None
 
     def close(self) -> None:
         with self._lock:
@@ -110,15 +142,56 @@ class ClientOutbox:
         with self._lock:
             return len(self._latest) + len(self._matters) + len(self._rest) + len(self._private)
 
-    def take(self, timeout: float | None = None) -> tuple[list[Item], bool, int]:
-        """(events in publish order, whether a resync is needed first, how many were dropped); waits up to `timeout`."""
+    def due(self) -> float | None:
+        """When what waits should be sent (time.monotonic()); None when nothing waits (see the module docstring)."""
         with self._lock:
-            self._lock.wait_for(lambda: self.closed or self.resync_needed or self._matters or self._rest
-                                or self._latest or self._private, timeout)
+            return None if self.closed else self._due()
+
+    def take(self, everything: bool = False) -> tuple[list[Item], bool, int]:
+        """(events in publish order, whether a resync is needed first, how many were dropped), without waiting.
+
+        With a resync, only the private items: the snapshot sent first stands for the rest.
+        A health snapshot that is not yet due stays, unless something urgent
+        goes now or `everything` is asked for.
+        """
+        with self._lock:
+            return self._take_all(not everything and not self._health_due(time.monotonic()) and not self._urgent())
+
+    def _urgent(self) -> bool:
+        return bool(self.closed or self.resync_needed or self._matters or self._private)
+
+    def _health_due(self, now: float) -> bool:
+        return self._health_since is not None and now >= max(self._health_since + self.gather,
+                                                              self._health_sent + self.health_every)
+
+    def _due(self) -> float | None:
+        """When the writer should next take (monotonic), None when nothing waits. Lock held."""
+        if self._urgent():
+            return self._taken + URGENT_GAP
+        times = []
+        if self._routine_since is not None:
+            times.append(max(self._routine_since + self.gather, self._taken + URGENT_GAP))
+        if self._health_since is not None:
+            times.append(max(self._health_since + self.gather, self._health_sent + self.health_every))
+        return min(times) if times else None
+
+    def _take_all(self, hold_health: bool) -> tuple[list[Item], bool, int]:
+        """Everything waiting but, with `hold_health`, a health snapshot that is not yet due. Lock held."""
+        held = self._latest.pop(HealthSnapshot.kind, None) if hold_health else None
+        if self.resync_needed:  # the coming snapshot stands for every shared event; private ones still go after it
+            merged = list(self._private)
+        else:
             merged = list(heapq.merge(self._matters, self._rest, self._private,
                                       sorted(self._latest.values(), key=lambda i: i[0]), key=lambda item: item[0]))
-            resync, dropped = self.resync_needed, self.dropped
-            self._clear()
-            self._private.clear()
-            self.resync_needed = False
-            return [event for _, event in merged], resync, dropped
+        resync, dropped = self.resync_needed, self.dropped
+        health_since = self._health_since
+        self._clear()
+        self._private.clear()
+        self.resync_needed = False
+        self._taken = time.monotonic()
+        if held is not None:
+            self._latest[HealthSnapshot.kind] = held
+            self._health_since = health_since
+        elif health_since is not None:
+            self._health_sent = self._taken
+        return [event for _, event in merged], resync, dropped

@@ -5,8 +5,10 @@ socket 0600, a short runtime-dir link when the path is too long), registers
 the engine for `redline ps`, and taps the engine's event stream: every event
 is filed into the snapshot picture (engine_view) and into each attached
 client's bounded outbox, in the publishing thread and without waiting on any
-client. Each client has a reader thread (its commands) and a writer thread
-(its events); a slow, stuck or hostile client costs only its own threads.
+client. One fan-out writer thread sends every client its events (each encoded
+once); each client has a reader thread (its commands) and a thread of its own
+for its snapshots and for what its socket would not take at once; a slow,
+stuck or hostile client costs only its own threads.
 
 Roles: the first console that asks for control gets it; any other is an
 observer until it explicitly takes control, which tells the previous
@@ -32,6 +34,7 @@ from engine import protocol
 from engine.events import CommandDone, EngineState, Event
 from engine.runtime.registry import register, unregister
 from engine.runtime.engine_view import EngineView, journal_alerts
+from engine.runtime.fanout_writer import FanoutWriter
 from engine.runtime.server_connection import Connection
 from engine.runtime.socket_paths import connectable_path, is_answering, socket_path
 
@@ -69,6 +72,7 @@ class EngineServer:
         self._away: tuple[float, int, int] | None = None  # EngineView.mark() when the last console left
         self._paused_on_detach = False  # --on-detach pause paused the experiment; the next console resumes it
         self._stopping = threading.Event()
+        self.fanout = FanoutWriter()  # sends every attached client its events; its lock is every outbox's
         self._encoded: collections.OrderedDict[int, tuple[Event, bytes]] = collections.OrderedDict()
         self._encoded_lock = threading.Lock()
 
@@ -92,6 +96,7 @@ class EngineServer:
             listener.close()
             raise EngineServerError(f"cannot serve {self.path}: {exc}") from exc
         self._listener = listener
+        self.fanout.start()
         self.engine._events.add_tap(self.on_event)
         self._entry = register({"pid": os.getpid(), "socket": str(self.path), "run_dir": str(self.run_dir),
                                          "model": str(self.engine.config.model), "started_at": self.view.started_at,
@@ -113,6 +118,7 @@ class EngineServer:
         deadline = time.monotonic() + flush
         for connection in connections:
             connection.finish(reason, deadline)
+        self.fanout.stop()
         try:
             if self._listener is not None:
                 self._listener.close()
@@ -182,7 +188,7 @@ class EngineServer:
                 self._route_answer(early)
 
     def encoded(self, event: Event) -> bytes:
-        """The protocol line of `event`, encoded once however many clients send it (writer threads)."""
+        """The protocol line of `event`, encoded once however many clients send it (the writers' threads)."""
         with self._encoded_lock:
             cached = self._encoded.get(id(event))
             if cached is not None and cached[0] is event:

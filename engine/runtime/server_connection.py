@@ -1,10 +1,13 @@
 """One attached client of the engine server: its handshake, its commands in, its events out.
 
 The reader thread checks the peer's uid, reads the hello, then reads
-commands and acts on them as the client's role allows; the writer thread
-sends the hello answer, the snapshot, then whatever the client's outbox
-holds. Anything the protocol does not allow ends this connection only, with
-the reason sent as an "error" message when the socket still takes it.
+commands and acts on them as the client's role allows; the connection's own
+writer thread sends the hello answer and the snapshot, then hands the client
+to the server's fan-out writer (engine.runtime.fanout_writer), which sends it
+its events without ever waiting on it; the own thread sends only what would
+wait (the rest of a batch the socket did not take, a resync's snapshot).
+Anything the protocol does not allow ends this connection only, with the
+reason sent as an "error" message when the socket still takes it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from engine.runtime.client_outbox import DEFAULT_CAPACITY, ClientOutbox
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0  # seconds a new connection has to say hello
-GATHER = 0.005  # seconds a writer lets events gather after a send: one wake-up per batch, not per event
 CONTROLLER_ONLY = (cmd.Save, cmd.Restore, cmd.Delete, cmd.Pause, cmd.Resume, cmd.RunExperiment, cmd.Shutdown)
 
 
@@ -52,13 +54,17 @@ class Connection:
         self.name = "client"
         self.role = protocol.ROLE_OBSERVER
         self.readonly = True
-        self.outbox = ClientOutbox(server.outbox_capacity or DEFAULT_CAPACITY)
+        self.outbox = ClientOutbox(server.outbox_capacity or DEFAULT_CAPACITY, lock=server.fanout.ready)
         self.snapshot_pending = False
         self.last_alert: Alert | None = None
         self.away: dict | None = None  # what happened while no console was attached (EngineView.away_summary)
         self.closed = threading.Event()
         self._send_lock = threading.Lock()
         self._writer: threading.Thread | None = None
+        self.busy = False  # this connection's own thread is sending something handed to it; the fan-out waits
+        self._handed = b""  # what the socket did not take at once
+        self._resync_then: list | None = None  # a resync is due: the snapshot, then these (this client's own items)
+        self._job = threading.Event()
 
     def start(self) -> None:
         threading.Thread(target=self._read_loop, name=f"redline-client-{self.number}-in", daemon=True).start()
@@ -157,22 +163,52 @@ class Connection:
                                    **self.server.hello_fields())
             self._send([protocol.encode(hello)])
             self._send_snapshot(resync=False)
-            while not self.closed.is_set():
-                items, resync, dropped = self.outbox.take(timeout=1.0)
-                if self.outbox.closed:
-                    break
-                if resync:
-                    self._send_snapshot(resync=True)
+            self.server.fanout.add(self)
+            while not self.closed.is_set() and not self.outbox.closed:
+                if not self._job.wait(1.0):
                     continue
-                if dropped:
-                    items.insert(0, LogLine(text=f"{dropped} log lines or steps were dropped: this console read "
-                                                 "too slowly", source="server"))
-                self._send(self._encode_all(items))
-                self.closed.wait(GATHER)
+                self._job.clear()
+                if self._resync_then is not None:
+                    self._send_snapshot(resync=True)
+                    self._send(self._encode_all(self._resync_then))
+                elif self._handed:
+                    self._send([self._handed])
+                self._handed, self._resync_then = b"", None
+                self.busy = False
+                self.server.fanout.wake()
         except OSError as exc:
             log.info("engine socket: console %d write ended: %s", self.number, exc)
         finally:
             self.close()
+
+    def deliver(self, items: list, resync: bool, dropped: int) -> None:
+        """Send a batch the fan-out writer took, without waiting: what would wait goes to this connection's thread."""
+        if dropped and not resync:
+            items.insert(0, LogLine(text=f"{dropped} log lines or steps were dropped: this console read too slowly",
+                                    source="server"))
+        if resync:  # the snapshot first, then this batch (only this client's own items), from this client's thread
+            self._hand_off(b"", resync_then=items)
+            return
+        data = b"".join(self._encode_all(items))
+        if not data:
+            return
+        try:
+            with self._send_lock:
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            log.info("engine socket: console %d write ended: %s", self.number, exc)
+            self.close()
+            return
+        if sent < len(data):
+            self._hand_off(data[sent:])
+
+    def _hand_off(self, data: bytes, resync_then: list | None = None) -> None:
+        """Let this connection's own thread send `data`, or a resync's snapshot and then `resync_then`."""
+        self.busy = True
+        self._handed, self._resync_then = data, resync_then
+        self._job.set()
 
     def _send_snapshot(self, resync: bool) -> None:
         events = self.server.snapshot(self, resync)
@@ -209,6 +245,7 @@ class Connection:
         while self.outbox.pending() and not self.closed.is_set() and time.monotonic() < deadline:
             time.sleep(0.02)
         self.outbox.close()
+        self._job.set()
         if self._writer is not None:
             self._writer.join(max(0.0, deadline - time.monotonic()))
         self.close()
@@ -218,6 +255,8 @@ class Connection:
             return
         self.closed.set()
         self.outbox.close()
+        self.server.fanout.remove(self)
+        self._job.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
