@@ -20,6 +20,7 @@ from textual.events import Key
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 
+from console import latency_trace
 from console.attached_console import EXIT_NO_FINAL_CHECKPOINT, EXIT_OK, AttachedConsole
 from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
 from console.console_state import MAX_STREAM, Batch, ConsoleState
@@ -30,11 +31,11 @@ from console.screens.edits_screen import EditsChanged, EditsScreen, RevertPlanAr
 from console.screens.help_screen import HelpScreen
 from console.screens.main_screen import MainScreen
 from console.screens.policy_screen import PolicyScreen
-from console.screens.save_dialog import SaveDialog
 from console.terminal_watch import EXIT_TERMINAL_LOST, TerminalWatch, terminal_fds
 from console.text import visible
 from console.themes import SEVERITY_VARIABLES, default_theme_name, load_themes
 from console.widgets.change_bars import ChangeBars, ComparisonAnswered
+from console.widgets.save_prompt import SavePrompt
 from engine import commands as cmd
 from engine.events import SEVERITIES, CommandDone, ComparisonReady, EngineState
 
@@ -114,6 +115,7 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
     def on_ready(self) -> None:
         """The first frame is up: start pulling events."""
         self.theme_changed_signal.subscribe(self, self._theme_changed)
+        latency_trace.install(self)
         self.set_interval(PUMP_INTERVAL, self.pump)
         set_wakeup = getattr(self.source, "set_wakeup", None)
         if set_wakeup is not None:
@@ -312,17 +314,33 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
         self.notify("EMERGENCY STOP: halting the experiment and rolling back.", severity="error", timeout=6)
 
     def action_save(self) -> None:
-        def chosen(purpose: str | None) -> None:
-            if purpose is not None:
-                self.send(cmd.Save(purpose=purpose), self._saved)
-
-        self.push_screen(SaveDialog(), chosen)
-
-    def _saved(self, done: CommandDone) -> None:
-        if done.ok:
-            self.notify(visible(f"saved {done.result or 'checkpoint'}"), title="Checkpoint", markup=False)
+        if self.screen is self.main:
+            self.main.open_save_prompt()
         else:
+            self.notify("Save from the main screen: close this view first (Esc).", severity="warning")
+
+    def on_save_prompt_chosen(self, message: SavePrompt.Chosen) -> None:
+        """The save goes out first; the line says so while the engine works."""
+        prompt, purpose = self.main.save_prompt, message.purpose
+        if purpose is None:
+            prompt.close()
+        elif self.send(cmd.Save(purpose=purpose), lambda done: self._saved(done, purpose)) is None:
+            prompt.close()
+        else:
+            prompt.show_status(visible(f"saving a checkpoint ({purpose})…"))
+
+    def _saved(self, done: CommandDone, purpose: str = "") -> None:
+        """The answer shows in the save line (one row, no relayout); a failure, or an answer that comes while
+        the line asks for another purpose, is a notification."""
+        prompt = self.main.save_prompt
+        text = visible(f"saved {done.result or 'checkpoint'}" + (f" · {purpose}" if purpose else ""))
+        if not done.ok:
+            prompt.close()
             self.notify(visible(f"save failed: {done.message}"), title="Checkpoint", severity="error", markup=False)
+        elif prompt.is_open or self.screen is not self.main:
+            self.notify(text, title="Checkpoint", markup=False)
+        else:
+            prompt.show_status(text)
 
     def _selected(self) -> str | None:
         selected = self.main.checkpoints.selected_id

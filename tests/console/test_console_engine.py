@@ -12,7 +12,6 @@ import torch
 
 from console.app import EngineAnswered, RedlineApp
 from console.screens.confirm import ConfirmScreen
-from console.screens.save_dialog import SaveDialog
 from console.widgets.change_bars import ChangeBars
 from console.widgets.checkpoint_table import CheckpointTable
 from engine.commands import RunExperiment
@@ -71,7 +70,7 @@ async def test_save_then_restore_returns_the_model_to_the_saved_state(tmp_path, 
         saved_weight = weight.detach().clone()
 
         await pilot.press("s")
-        assert isinstance(app.screen, SaveDialog)
+        assert app.main.save_prompt.is_open
         await pilot.press(*"before tripling", "enter")
         await until(pilot, lambda: any(d.command == "save" for d in answers), "the save")
         await until(pilot, lambda: any(c.purpose == "before tripling" for c in app.state.checkpoints), "the table")
@@ -165,7 +164,7 @@ async def test_readonly_engine_hides_and_refuses(tmp_path, tiny_model_dir):
         shown = {b.binding.action for b in app.screen.active_bindings.values()}
         assert {"save", "restore", "emergency_stop", "pause"}.isdisjoint(shown)
         await pilot.press("s", "ctrl+x")
-        assert not isinstance(app.screen, SaveDialog)
+        assert not app.main.save_prompt.is_open
         assert sum("read-only" in n for n in notices(app)) == 2
         assert engine.state is EngineState.IDLE
         await pilot.press("q")

@@ -13,7 +13,6 @@ from console.app import RedlineApp
 from console.replay import ReplaySource
 from console.screens.compare_view import CompareView
 from console.screens.help_screen import HelpScreen, key_table
-from console.screens.save_dialog import SaveDialog
 from console.widgets.alert_stream import AlertStream
 from engine import events as ev
 from console.widgets.change_bars import ChangeBars
@@ -87,7 +86,7 @@ async def test_read_only_hides_and_refuses_mutating_keys(recording):
         assert {"compare", "help", "quit"} <= shown
         await pilot.press("s", "ctrl+x", "p", "R")
         await pilot.pause()
-        assert not isinstance(app.screen, SaveDialog)
+        assert not app.main.save_prompt.is_open
         refused = [n for n in notices(app) if "refused" in n]
         assert len(refused) == 4 and all("read-only" in n for n in refused)
         assert "emergency stop ignored" not in stream_text(app)  # never reached the source
