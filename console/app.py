@@ -88,7 +88,7 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
         self._pending: dict[int, tuple[float, Callable[[CommandDone], None] | None]] = {}
         self._shutting_down = False
         self._attachment = ""  # the role and console count the header shows
-        self._behind_modal: Batch | None = None  # main-screen changes held while a dialog covers it
+        self._held: Batch | None = None  # main-screen changes held while a dialog covers it, or after an answer
         self._role = getattr(source, "role", None)  # the footer offers take-control only to an observer
         self.terminal_watch: TerminalWatch | None = None  # stopped by whoever ran the app, after run()
 
@@ -162,7 +162,11 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
 
     def _show(self, batch: Batch) -> None:
         if isinstance(self.screen, ModalScreen):  # a dialog is open: the dimmed screen behind it waits
-            self._hold_behind_modal(batch)
+            self._hold(batch)
+        elif self._held is not None:  # the panels of an earlier answer are due after its frame: keep the order
+            self._hold(batch)
+        elif batch.answers:
+            self._show_answer_first(batch)
         else:
             self._show_main(batch)
         if "edits" in batch.changed or batch.plans:
@@ -176,19 +180,29 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
         for done in batch.done:
             self._answered(done)
 
-    def _hold_behind_modal(self, batch: Batch) -> None:
-        """Redrawing the screen behind a dialog re-tints all of it each frame (~70 ms at 160x48 on two
-        cores), which made a dialog's own answer slow; hold the changes until the dialog closes."""
-        held = self._behind_modal or Batch()
+    def _show_answer_first(self, batch: Batch) -> None:
+        """A state change or a command's answer goes out in a frame of its own (the header, the save line:
+        one row each); the panels the same events changed (tables, gauges, the stream) follow in the next."""
+        self._show_header()
+        batch.changed.discard("header")
+        self._hold(batch)
+        self.call_after_refresh(self.show_held_changes)
+
+    def _hold(self, batch: Batch) -> None:
+        """Keep a batch's panel changes for show_held_changes: behind a dialog, redrawing the screen re-tints
+        all of it each frame (~70 ms at 160x48 on two cores), which made a dialog's own answer slow."""
+        held = self._held or Batch()
         held.changed |= batch.changed
         held.stream = (held.stream + batch.stream)[-MAX_STREAM:]
-        self._behind_modal = held
+        self._held = held
         if batch.stream:
-            self._toast_critical(batch)  # a CRITICAL still interrupts the dialog
+            self._toast_critical(batch)  # a CRITICAL interrupts at once, a dialog included
 
     def show_held_changes(self) -> None:
-        """The main screen is on top again: show what changed while a dialog covered it."""
-        held, self._behind_modal = self._behind_modal, None
+        """The main screen is on top again, or an answer's frame is out: show the panel changes held."""
+        if isinstance(self.screen, ModalScreen):
+            return  # still covered: held until the dialog closes (MainScreen.on_screen_resume)
+        held, self._held = self._held, None
         if held is not None and self.main.is_attached:
             with self.batch_update():
                 self._show_main(held, toast=False)

@@ -13,11 +13,12 @@ from textual.events import Resize
 from textual.reactive import Reactive
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Tab, Tabs
+from textual.widgets import Tab, Tabs
 
 from console.console_state import ConsoleState
 from console.widgets.alert_stream import AlertStream
 from console.widgets.checkpoint_table import CheckpointTable
+from console.widgets.console_footer import ConsoleFooter
 from console.widgets.coupling_view import CouplingPanel
 from console.widgets.drift_strip import DriftStrip
 from console.widgets.engine_header import EngineHeader
@@ -45,7 +46,7 @@ class MainScreen(Screen):
         self.checkpoints = CheckpointTable(id="checkpoints")
         self.alerts = AlertStream(state.stream, id="alerts")
         self.save_prompt = SavePrompt(id="save-prompt")
-        self.footer = Footer()
+        self.footer = ConsoleFooter()
 
     def compose(self) -> ComposeResult:
         yield self.header
@@ -71,7 +72,7 @@ class MainScreen(Screen):
 
     @on(SavePrompt.Closed)
     def _footer_back(self) -> None:
-        self.footer.display = True
+        self.footer.show_again()
 
     def on_screen_resume(self) -> None:
         """Back on top (a dialog closed): catch up with what the engine said meanwhile."""
