@@ -23,8 +23,9 @@ from textual.screen import ModalScreen, Screen
 from console import latency_trace
 from console.attached_console import EXIT_NO_FINAL_CHECKPOINT, EXIT_OK, AttachedConsole
 from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
-from console.console_state import MAX_STREAM, Batch, ConsoleState
+from console.console_state import Batch, ConsoleState
 from console.event_source import EventSource, attachment, describe, is_readonly
+from console.main_updates import MainUpdates
 from console.screens.compare_view import CompareView
 from console.screens.confirm import quit_question, restore_question
 from console.screens.edits_screen import EditsChanged, EditsScreen, RevertPlanArrived
@@ -55,7 +56,7 @@ class EngineAnswered(Message):
         self.sent_at = sent_at  # time.perf_counter() when the command was submitted
 
 
-class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
+class RedlineApp(AttachedConsole, MainUpdates, App[int], inherit_bindings=False):
     TITLE = "Redline"
     CSS_PATH = "redline.tcss"
     BINDINGS = BINDINGS
@@ -180,53 +181,6 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
         for done in batch.done:
             self._answered(done)
 
-    def _show_answer_first(self, batch: Batch) -> None:
-        """A state change or a command's answer goes out in a frame of its own (the header, the save line:
-        one row each); the panels the same events changed (tables, gauges, the stream) follow in the next."""
-        self._show_header()
-        batch.changed.discard("header")
-        self._hold(batch)
-        self.call_after_refresh(self.show_held_changes)
-
-    def _hold(self, batch: Batch) -> None:
-        """Keep a batch's panel changes for show_held_changes: behind a dialog, redrawing the screen re-tints
-        all of it each frame (~70 ms at 160x48 on two cores), which made a dialog's own answer slow."""
-        held = self._held or Batch()
-        held.changed |= batch.changed
-        held.stream = (held.stream + batch.stream)[-MAX_STREAM:]
-        self._held = held
-        if batch.stream:
-            self._toast_critical(batch)  # a CRITICAL interrupts at once, a dialog included
-
-    def show_held_changes(self) -> None:
-        """The main screen is on top again, or an answer's frame is out: show the panel changes held."""
-        if isinstance(self.screen, ModalScreen):
-            return  # still covered: held until the dialog closes (MainScreen.on_screen_resume)
-        held, self._held = self._held, None
-        if held is not None and self.main.is_attached:
-            with self.batch_update():
-                self._show_main(held, toast=False)
-
-    def _show_main(self, batch: Batch, toast: bool = True) -> None:
-        main = self.main
-        changed = batch.changed
-        if changed & {"header", "health"}:
-            self._show_header()
-        if "health" in changed:
-            main.gauges.show(self.state)
-        if "stream" in changed:
-            main.alerts.add(batch.stream)
-            if toast:
-                self._toast_critical(batch)
-        if "checkpoints" in changed:
-            main.checkpoints.show(self.state.checkpoints)
-        if "coupling" in changed:
-            main.coupling.show(self.state.coupling)
-        if "progress" in changed:
-            main.progress.show(self.state.progress)
-        if "drift" in changed:
-            main.drift.show(self.state.drift)
-
     def _show_header(self) -> None:
         self._attachment = attachment(self.source)
         if getattr(self.source, "role", None) != self._role:
@@ -240,12 +194,6 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
         if self.state.engine is not None and self.main.is_attached:
             self._show_header()
         self.check_engine_gone()
-
-    def _toast_critical(self, batch: Batch) -> None:
-        critical = [e for e in batch.stream if e.severity == "CRITICAL"]
-        if critical:
-            more = f" (+{len(critical) - 1} more)" if len(critical) > 1 else ""
-            self.notify(visible(critical[-1].text) + more, title="CRITICAL", severity="error", timeout=8, markup=False)
 
     def _answer_comparison(self, pair: tuple[str, str], comparison: ComparisonReady | None, refused: str = "") -> None:
         """Post the answer to every ChangeBars on the open screens; each keeps the one for its own pair."""
