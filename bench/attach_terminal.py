@@ -56,7 +56,7 @@ def terminal_keys(run_dir: Path, samples: int, restart: Callable[[], None], trac
 
     from console.engine_client import EngineClient
     from engine import commands as cmd
-    from engine.events import CommandDone, EngineState, EngineStateChanged
+    from engine.events import CommandDone, EngineState, EngineStateChanged, ExperimentStep
     from engine.runtime.socket_paths import socket_path
 
     times: dict[str, list] = {k: [] for k in ("save", "save floor", "stop", "stop floor", "idle", "idle floor")}
@@ -78,6 +78,7 @@ def terminal_keys(run_dir: Path, samples: int, restart: Callable[[], None], trac
         restart()
         child.expect(" RUNNING ")
         until(lambda e: isinstance(e, EngineStateChanged) and e.state is EngineState.RUNNING)
+        until(lambda e: isinstance(e, ExperimentStep))  # stepping: a stop now stops it (not its start-up)
         _settle(child, 0.5)
 
     try:

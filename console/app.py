@@ -164,10 +164,12 @@ class RedlineApp(AttachedConsole, MainUpdates, App[int], inherit_bindings=False)
     def _show(self, batch: Batch) -> None:
         if isinstance(self.screen, ModalScreen):  # a dialog is open: the dimmed screen behind it waits
             self._hold(batch)
-        elif self._held is not None:  # the panels of an earlier answer are due after its frame: keep the order
-            self._hold(batch)
         elif batch.answers:
             self._show_answer_first(batch)
+        elif self._held is not None:  # panels already waiting (behind an answer's frame): keep the order
+            self._hold(batch)
+        elif self.answer_due():
+            self._hold_for_answer(batch)
         else:
             self._show_main(batch)
         if "edits" in batch.changed or batch.plans:
@@ -273,7 +275,8 @@ class RedlineApp(AttachedConsole, MainUpdates, App[int], inherit_bindings=False)
 
     def action_emergency_stop(self) -> None:
         self.source.emergency_stop("operator (ctrl+x)")
-        self.notify("EMERGENCY STOP: halting the experiment and rolling back.", severity="error", timeout=6)
+        self.after_next_answer(lambda: self.notify("EMERGENCY STOP: halting the experiment and rolling back.",
+                                                  severity="error", timeout=6))  # the engine's answer draws first
 
     def action_save(self) -> None:
         if self.screen is self.main:

@@ -20,6 +20,8 @@ from console.text import visible
 
 STEADY = frozenset({"health", "drift"})  # panels fed every step
 STEADY_INTERVAL = 0.5  # seconds between two redraws of those panels
+FRAME_WAIT = 0.25  # seconds after which work waiting for the next frame runs anyway (no frame came)
+ANSWER_WAIT = 0.25  # seconds after a command is sent during which panel changes wait for its answer's frame
 
 
 class MainUpdates:
@@ -27,6 +29,59 @@ class MainUpdates:
     _steady_due: frozenset[str] = frozenset()  # steady panels with data not drawn yet
     _steady_timer: Timer | None = None
     _steady_drawn = 0.0  # time.monotonic() of their last redraw
+    _after_frame: list | None = None  # callbacks waiting for the next frame to be written
+    _after_answer: list | None = None  # callbacks waiting for the engine's next state change or reply to be drawn
+
+    def awaiting_answer(self) -> bool:
+        """An operator waits: a command sent and not answered, or an emergency stop not yet seen."""
+        return bool(self._pending) or self._after_answer is not None
+
+    def answer_due(self) -> bool:
+        """A command went out less than ANSWER_WAIT ago, or an emergency stop waits for its state change."""
+        now = time.perf_counter()
+        return self._after_answer is not None or any(
+            sent is not None and now - sent < ANSWER_WAIT for sent, _ in self._pending.values())
+
+    def _hold_for_answer(self, batch: Batch) -> None:
+        """An answer is due within milliseconds: the panels these events changed (a table rebuilt after a
+        save's CheckpointSaved) would be drawn first and delay it, so they wait for its frame (at most
+        ANSWER_WAIT). The header, one row, is drawn now."""
+        if batch.changed & {"header", "health"}:
+            self._show_header()
+        batch.changed.discard("header")
+        self._hold(batch)
+        self.set_timer(ANSWER_WAIT, self.show_held_changes)
+
+    def after_next_answer(self, callback) -> None:
+        """Run `callback` after the frame that shows the engine's next state change or reply (or FRAME_WAIT
+        after the next frame, when no answer comes): a notice of our own never delays the engine's answer."""
+        if self._after_answer is None:
+            pending = self._after_answer = []
+            self.set_timer(4 * FRAME_WAIT, lambda: self._after_answer is pending and self._answer_drawn())
+        self._after_answer.append(callback)
+
+    def _answer_drawn(self) -> None:
+        callbacks, self._after_answer = self._after_answer or [], None
+        for callback in callbacks:
+            self.after_next_frame(callback)
+
+    def after_next_frame(self, callback) -> None:
+        """Run `callback` once the next frame has been written to the terminal (or FRAME_WAIT from now):
+        work that would delay the frame now being prepared, an answer's, comes after it."""
+        if self._after_frame is None:
+            pending = self._after_frame = []
+            self.set_timer(FRAME_WAIT, lambda: self._after_frame is pending and self._run_after_frame())
+        self._after_frame.append(callback)
+
+    def post_display_hook(self) -> None:
+        """Textual calls this after each frame it writes (and after one it skipped inside a batch update)."""
+        if self._after_frame and not self._batch_count:
+            self.call_later(self._run_after_frame)
+
+    def _run_after_frame(self) -> None:
+        callbacks, self._after_frame = self._after_frame or [], None
+        for callback in callbacks:
+            callback()
 
     def _show_answer_first(self, batch: Batch) -> None:
         """A state change or a command's answer goes out in a frame of its own (the header, the save line:
@@ -34,7 +89,8 @@ class MainUpdates:
         self._show_header()
         batch.changed.discard("header")
         self._hold(batch)
-        self.call_after_refresh(self.show_held_changes)
+        self.after_next_frame(self.show_held_changes)
+        self._answer_drawn()
 
     def _hold(self, batch: Batch) -> None:
         """Keep a batch's panel changes for show_held_changes: behind a dialog, redrawing the screen re-tints

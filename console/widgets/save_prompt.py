@@ -43,6 +43,7 @@ class SavePrompt(Horizontal):
         self.default = default
         self._focus_before = None  # what had the focus before the prompt took it, given back after
         self._timer: Timer | None = None
+        self._status = False  # showing a status instead of asking
 
     def compose(self) -> ComposeResult:
         yield Label(self._question(), id="save-label", markup=False)
@@ -54,35 +55,39 @@ class SavePrompt(Horizontal):
     @property
     def is_open(self) -> bool:
         """Asking for a purpose (not showing a status)."""
-        return self.has_class("-open") and not self.has_class("-status")
+        return self.has_class("-open") and not self._status
 
     def open(self) -> None:
         self._stop_timer()
         purpose = self.query_one(Input)
         purpose.value = ""
+        purpose.placeholder = self.default
         self.query_one(Label).update(self._question())
-        if not self.has_class("-open") or self.has_class("-status"):
+        if not self.has_class("-open") or self._status:
             self._focus_before = self.screen.focused
-        self.set_classes("-open")
+        self._status = False
+        self.add_class("-open")
         purpose.focus()
 
     def show_status(self, text: str, seconds: float = ECHO_SECONDS) -> None:
-        """Show `text` in the line (the question and field give way to it), then close after `seconds`."""
+        """Show `text` where the question was, then close after `seconds`. Nothing changes size (the text is
+        cut to the question's width; the field is emptied, not hidden), so this repaints and never relays out."""
         self._stop_timer()
-        label = self.query_one(Label)
-        if self.has_class("-status"):
-            label.update(Text(f" {text}"), layout=False)  # the line keeps its size: no relayout
-        else:
-            label.update(Text(f" {text}"))
-            self.set_classes("-open -status")
+        self.query_one(Label).update(Text(f" {text}", no_wrap=True, overflow="ellipsis"), layout=False)
+        if not self._status:
+            self._status = True
+            purpose = self.query_one(Input)
+            purpose.value = ""
+            purpose.placeholder = ""
             self._give_focus_back()
         self._timer = self.set_timer(seconds, self.close)
 
     def close(self) -> None:
         self._stop_timer()
+        self._status = False
         if not self.has_class("-open"):
             return
-        self.set_classes("")
+        self.remove_class("-open")
         self._give_focus_back()
         self.post_message(self.Closed())
 
