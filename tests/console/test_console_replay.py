@@ -201,6 +201,12 @@ async def test_stream_follows_new_entries_unless_scrolled_back(recording):
         await pilot.pause()
         assert log.is_vertical_scroll_end
 
+        stream.show_all()  # a redraw from scratch (a resize, a filter) between entries' arrival and their display
+        status = stream.query_one("#stream-status")
+        redrawn = str(status.render())
+        stream.add(list(app.state.stream)[-3:])  # the entries the console held for later: drawn already
+        assert str(status.render()) == redrawn == f" 1:CRIT 2:HIGH 3:MED 4:LOW 5:INFO  ({len(app.state.stream)} shown)"
+
 
 @pytest.mark.slow
 async def test_a_dialog_holds_the_screen_behind_it_and_shows_everything_when_it_closes(tmp_path):
