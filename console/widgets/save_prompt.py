@@ -95,8 +95,8 @@ class SavePrompt(Horizontal):
         if not self.query_one(Input).has_focus:
             return
         before, self._focus_before = self._focus_before, None
-        if before is not None and before.is_attached and before.focusable:
-            before.focus()
+        if before is not None and before.is_attached and before.focusable and before.display:
+            before.focus()  # not a hidden widget (the wide layout's tabs): restyling it costs a frame
         else:
             self.screen.set_focus(None)
 
