@@ -30,6 +30,12 @@
 5. Save as a user does it: `redline attach` in a real 160x48 pseudo-terminal (pexpect), `s`,
    Enter, until the "saved" notification is drawn, beside the same Save as a bare socket
    round trip (the floor: the engine's part). Goal <= 50 ms p95.
+6. Emergency stop as a user does it, in the same terminal: ctrl+x until the header's state leaves
+   RUNNING, and until IDLE (rolled back) is drawn, beside the same EmergencyStop as a bare socket
+   round trip. Goal <= 50 ms p95 (to the state shown). Parts 5 and 6: bench/attach_terminal.py;
+   `--trace` breaks each press down (key read, command sent, answer drained, frames written).
+
+`--parts 3,4,5,6` picks among the parts after 2 (1 and 2 always run: `--seconds 1` keeps them short).
 
 The model is a tiny tied Qwen2 built here (no download) unless --model names one.
 """
@@ -262,26 +268,18 @@ async def key_acks(source, experiment: str, samples: int, size=(160, 48)):
     """Seconds from key to acknowledgement shown (saves, emergency stops), and from the engine's answer
     to a save to its display, in the real app on `source`."""
     from console.app import RedlineApp
-    from console.screens.save_dialog import SaveDialog
     from engine import commands as cmd
     from engine.events import EngineState
 
     app = RedlineApp(source, watch_terminal=False)
-    saved: list[float] = []
-    notify = app.notify
-
-    def noting(message, *args, **kwargs):
-        if str(message).startswith("saved "):
-            saved.append(time.perf_counter())
-        return notify(message, *args, **kwargs)
-
-    app.notify = noting
+    saved: list[float] = []  # when each save's answer was put on screen
     saves, stops, delivered = [], [], []
     on_saved = app._saved
 
-    def saved_hook(done):
+    def saved_hook(done, purpose=""):
         delivered.append(time.time() - done.time)  # the engine's answer -> shown: what the wake-up shortens
-        return on_saved(done)
+        on_saved(done, purpose)
+        saved.append(time.perf_counter())
 
     app._saved = saved_hook
     async with app.run_test(size=size) as pilot:
@@ -300,7 +298,7 @@ async def key_acks(source, experiment: str, samples: int, size=(160, 48)):
         await until(lambda: app.state.engine_state is EngineState.RUNNING, "the experiment")
         for i in range(samples):
             await pilot.press("s")
-            await until(lambda: isinstance(app.screen, SaveDialog), "the save dialog")
+            await until(lambda: app.main.save_prompt.is_open, "the save prompt")
             started = time.perf_counter()
             await pilot.press("enter")
             await until(lambda: len(saved) > i, "the save's answer")
@@ -350,60 +348,6 @@ def fill(engine, checkpoints: int, alerts: int) -> None:
                                      source="bench"))
 
 
-def terminal_saves(run_dir: Path, samples: int) -> tuple[list[float], list[float]]:
-    """Save as a user does it: `redline attach` in a real pseudo-terminal (160x48), `s`, Enter, until the
-    "saved" notification is drawn; beside it the same Save as a bare socket round trip (the floor)."""
-    import pexpect
-
-    from console.engine_client import EngineClient
-    from engine import commands as cmd
-    from engine.events import CommandDone
-    from engine.runtime.socket_paths import socket_path
-
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    child = pexpect.spawn(sys.executable, ["-m", "console.cli", "attach", str(run_dir)], cwd=str(ROOT),
-                          env={**env, "TERM": "xterm-256color"}, dimensions=(48, 160), encoding="utf-8",
-                          codec_errors="replace", timeout=60)
-    child.delaybeforesend = None
-
-    def drain_output() -> None:
-        while True:
-            try:
-                child.read_nonblocking(1 << 20, timeout=0.3)
-            except pexpect.TIMEOUT:
-                return
-
-    shown, floor = [], []
-    client = EngineClient(socket_path(run_dir), name="bench-floor", control=False)
-    client.start()
-    try:
-        child.expect("RUNNING")
-        time.sleep(2.0)
-        for _ in range(samples):
-            child.send("s")
-            child.expect("Purpose")
-            time.sleep(0.5)
-            drain_output()
-            started = time.perf_counter()
-            child.send("\r")
-            child.expect("saved checkpoint_")
-            shown.append(time.perf_counter() - started)
-            time.sleep(6.0)  # the notification times out, so the next match is the next save's
-            started = time.perf_counter()
-            command_id = client.submit(cmd.Save(purpose="bench floor"))
-            while not any(isinstance(e, CommandDone) and e.command_id == command_id for e in client.drain_events()):
-                client.wait_events(1.0)
-            floor.append(time.perf_counter() - started)
-        child.send("q")
-        child.expect("Detach")
-        child.send("d")
-        child.expect(pexpect.EOF)
-    finally:
-        client.shutdown()
-        child.close(force=True)
-    return shown, floor
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measuring window")
@@ -413,6 +357,9 @@ def main() -> int:
     parser.add_argument("--only", choices=("1", "2"), help="run part 1 or part 2 alone")
     parser.add_argument("--consoles", nargs=2, metavar=("SOCKET", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="3-second windows, 3 key presses (a smoke run)")
+    parser.add_argument("--parts", default="3,4,5,6", help="which of parts 3-6 to run, e.g. 5,6 (default: all)")
+    parser.add_argument("--trace", action="store_true",
+                        help="parts 5 and 6: trace the console (REDLINE_TRACE) and print where each press's time went")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.samples, args.rounds = min(args.seconds, 3.0), min(args.samples, 3), min(args.rounds, 2)
@@ -470,28 +417,19 @@ def main() -> int:
             print_latency(lat_local, lat_remote, args.seconds)
             return 0
 
-        # 3. key -> acknowledgement, alternating in-process (today) and attached consoles
         import asyncio
 
-        acks = {"in-process": ([], [], []), "attached": ([], [], [])}
-        for _ in range(2):
-            for label in ("in-process", "attached"):
-                if label == "in-process":
-                    source = InProcess(engine)
-                else:
-                    source = EngineClient(socket_path(tmp / "run"), name="bench-keys")
-                    source.start()
-                for kept, new in zip(acks[label], asyncio.run(key_acks(source, str(experiment), args.samples))):
-                    kept.extend(new)
-                if label == "attached":
-                    source.shutdown()
-
-        # 5. (before 4 fills the engine) save in a real terminal, against the socket round trip
-        terminal, floor = terminal_saves(tmp / "run", args.samples)
-
-        # 4. attach to a full screen
-        fill(engine, 1000, 10_000)
-        attach_times = [asyncio.run(full_screen_attach(socket_path(tmp / "run"), 1000, 10_000)) for _ in range(3)]
+        parts = set(args.parts.split(","))
+        results: list[str] = []
+        if "3" in parts:
+            results += pilot_keys(engine, tmp / "run", str(experiment), args.samples)
+        if parts & {"5", "6"}:  # before 4 fills the engine
+            results += terminal_parts(engine, tmp / "run", str(experiment), args.samples, tmp if args.trace else None)
+        if "4" in parts:
+            fill(engine, 1000, 10_000)
+            attach_times = [asyncio.run(full_screen_attach(socket_path(tmp / "run"), 1000, 10_000)) for _ in range(3)]
+            results.append(f"4. attach to a full screen (1,000 checkpoints, 10,000 alerts): best {min(attach_times):.2f} s "
+                           f"of {len(attach_times)}, worst {max(attach_times):.2f} s (goal <= 1 s)")
         engine.shutdown(timeout=120)
 
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
@@ -499,28 +437,63 @@ def main() -> int:
     print("2. engine step time")
     for name, measured in steps.items():
         print_step_windows(name, measured)
-    print(f"3. key -> acknowledgement on screen ({2 * args.samples} presses of each per console)")
-    for index, key in enumerate(("save (Enter -> 'saved')", "ctrl+x (key -> state shown)")):
-        today, ours = acks["in-process"][index], acks["attached"][index]
-        print(f"   {key:<30} in-process console, 10 Hz poll (today): p50 {percentile(today, 0.5) * 1000:6.1f} ms  "
-              f"p95 {percentile(today, 0.95) * 1000:6.1f} ms")
-        print(f"   {'':<30} attached console, woken (ours):          p50 {percentile(ours, 0.5) * 1000:6.1f} ms  "
-              f"p95 {percentile(ours, 0.95) * 1000:6.1f} ms  ({percentile(ours, 0.95) / percentile(today, 0.95):.2f}x; "
-              "goal <= 50 ms)")
-    today, ours = acks["in-process"][2], acks["attached"][2]
-    print(f"   save: the engine's answer -> shown (the UI's share of the above)")
-    print(f"   {'':<30} in-process console, 10 Hz poll (today): p50 {percentile(today, 0.5) * 1000:6.1f} ms  "
-          f"p95 {percentile(today, 0.95) * 1000:6.1f} ms")
-    print(f"   {'':<30} attached console, woken (ours):          p50 {percentile(ours, 0.5) * 1000:6.1f} ms  "
-          f"p95 {percentile(ours, 0.95) * 1000:6.1f} ms  ({percentile(ours, 0.95) / percentile(today, 0.95):.2f}x)")
-    print(f"4. attach to a full screen (1,000 checkpoints, 10,000 alerts): best {min(attach_times):.2f} s of "
-          f"{len(attach_times)}, worst {max(attach_times):.2f} s (goal <= 1 s)")
-    print(f"5. save in a real terminal (`redline attach` in a 160x48 pty: Enter -> 'saved' drawn), {len(terminal)} saves")
-    print(f"   the same Save as a bare socket round trip (the floor)  p50 {percentile(floor, 0.5) * 1000:6.1f} ms  "
-          f"p95 {percentile(floor, 0.95) * 1000:6.1f} ms")
-    print(f"   attached console in a terminal (ours)                  p50 {percentile(terminal, 0.5) * 1000:6.1f} ms  "
-          f"p95 {percentile(terminal, 0.95) * 1000:6.1f} ms  (goal <= 50 ms)")
+    print("\n".join(results))
     return 0
+
+
+def ms(values: list[float]) -> str:
+    return f"p50 {percentile(values, 0.5) * 1000:6.1f} ms  p95 {percentile(values, 0.95) * 1000:6.1f} ms"
+
+
+def pilot_keys(engine, run_dir: Path, experiment: str, samples: int) -> list[str]:
+    """3. alternating in-process (today) and attached consoles, under Pilot."""
+    import asyncio
+
+    from console.engine_client import EngineClient
+    from engine.runtime.socket_paths import socket_path
+
+    acks = {"in-process": ([], [], []), "attached": ([], [], [])}
+    for _ in range(2):
+        for label in ("in-process", "attached"):
+            if label == "in-process":
+                source = InProcess(engine)
+            else:
+                source = EngineClient(socket_path(run_dir), name="bench-keys")
+                source.start()
+            for kept, new in zip(acks[label], asyncio.run(key_acks(source, experiment, samples))):
+                kept.extend(new)
+            if label == "attached":
+                source.shutdown()
+    lines = [f"3. key -> acknowledgement on screen ({2 * samples} presses of each per console)"]
+    rows = [("save (Enter -> 'saved')", 0), ("ctrl+x (key -> state shown)", 1),
+            ("save: the engine's answer -> shown (the UI's share)", 2)]
+    for key, index in rows:
+        today, ours = acks["in-process"][index], acks["attached"][index]
+        lines.append(f"   {key}")
+        lines.append(f"      in-process console, 10 Hz poll (today): {ms(today)}")
+        lines.append(f"      attached console, woken (ours):          {ms(ours)}  "
+                     f"({percentile(ours, 0.95) / percentile(today, 0.95):.2f}x)")
+    return lines
+
+
+def terminal_parts(engine, run_dir: Path, experiment: str, samples: int, trace_dir: Path | None) -> list[str]:
+    """5 and 6: save and ctrl+x in a real terminal, each beside its bare socket round trip."""
+    from bench.attach_terminal import breakdown, terminal_keys
+    from engine import commands as cmd
+
+    trace = trace_dir / "console-trace.txt" if trace_dir is not None else None
+    times = terminal_keys(run_dir, samples, lambda: engine.submit(cmd.RunExperiment(path=experiment)), trace)
+    lines = [f"5. save in a real terminal (`redline attach` in a 160x48 pty: Enter -> 'saved' drawn), {samples} saves",
+             f"   the same Save as a bare socket round trip (the floor)  {ms(times['save floor'])}",
+             f"   attached console in a terminal (ours)                  {ms(times['save'])}  (goal <= 50 ms p95)",
+             f"6. ctrl+x in a real terminal (160x48 pty), {samples} stops",
+             f"   key -> state shown: the bare socket round trip (floor)  {ms(times['stop floor'])}",
+             f"                       attached console (ours)             {ms(times['stop'])}  (goal <= 50 ms p95)",
+             f"   key -> IDLE (rolled back): bare socket (floor)         {ms(times['idle floor'])}",
+             f"                       attached console (ours)             {ms(times['idle'])}"]
+    if trace is not None and trace.exists():
+        lines += breakdown(trace, times["windows"])
+    return lines
 
 
 if __name__ == "__main__":

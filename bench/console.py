@@ -98,7 +98,7 @@ async def console_latencies(run_dir: Path, repeats: int) -> tuple[list[float], l
         for repeat in range(repeats):
             await _until(running, "the demo experiment")
             await pilot.press("s")
-            await _until(lambda: app.screen is not app.main, "the save dialog")
+            await _until(lambda: app.main.save_prompt.is_open, "the save prompt")
             before = len(answers)
             t0 = time.perf_counter()
             await pilot.press("enter")
@@ -225,7 +225,9 @@ def idle_cpu(window: float) -> tuple[list[float], list[float]]:
                 pass
 
         with_console = cpu_percent_slices(child.pid, window, drain)
-        child.send("q")
+        child.send("q")  # `redline` runs its engine in its own process: q asks to stop it or detach
+        child.expect("Stop engine")
+        child.send("y")
         child.expect(pexpect.EOF)
     return with_console, engine_only
 
@@ -245,19 +247,7 @@ def engine_threads_label() -> str:
     return str(engine_threads() or "torch default")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and a shorter CPU window")
-    args = parser.parse_args(argv)
-    repeats, window = (2, 4.0) if args.quick else (5, 10.0)
-    print(f"machine: {machine()}")
-    with tempfile.TemporaryDirectory() as tmp:
-        api = api_latencies(Path(tmp) / "api", repeats)
-        ui = asyncio.run(console_latencies(Path(tmp) / "console", repeats))
-    with_console_slices, engine_only_slices = idle_cpu(window)
-    with_console, engine_only = statistics.fmean(with_console_slices), statistics.fmean(engine_only_slices)
-    console_cpu, noise = console_share(with_console_slices, engine_only_slices)
-
+def print_latencies(api, ui, repeats: int) -> None:
     med = statistics.median
     rows = [
         ("save: key -> CommandDone shown", med(ui[0]), med(api[0]), "<= API + 0.1 s (one pump)"),
@@ -270,6 +260,25 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "OK" if ours <= alt + 0.1 else "MISSED"
         print(f"{name:34} {ours * 1e3:8.1f}ms {alt * 1e3:9.1f}ms {ours / alt if alt else float('nan'):6.2f}x  "
               f"{goal}  {verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and a shorter CPU window")
+    parser.add_argument("--cpu-only", action="store_true", help="only part 2, the idle CPU")
+    args = parser.parse_args(argv)
+    repeats, window = (2, 4.0) if args.quick else (5, 10.0)
+    print(f"machine: {machine()}")
+    if not args.cpu_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            api = api_latencies(Path(tmp) / "api", repeats)
+            ui = asyncio.run(console_latencies(Path(tmp) / "console", repeats))
+    with_console_slices, engine_only_slices = idle_cpu(window)
+    with_console, engine_only = statistics.fmean(with_console_slices), statistics.fmean(engine_only_slices)
+    console_cpu, noise = console_share(with_console_slices, engine_only_slices)
+
+    if not args.cpu_only:
+        print_latencies(api, ui, repeats)
     print(f"\nidle CPU over {window:.0f} s (% of one core)")
     print(f"{'measure':34} {'value':>10}")
     print(f"{'redline (console + idle engine)':34} {with_console:9.2f}%")

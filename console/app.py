@@ -20,21 +20,23 @@ from textual.events import Key
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 
+from console import latency_trace
 from console.attached_console import EXIT_NO_FINAL_CHECKPOINT, EXIT_OK, AttachedConsole
 from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
-from console.console_state import MAX_STREAM, Batch, ConsoleState
+from console.console_state import Batch, ConsoleState
 from console.event_source import EventSource, attachment, describe, is_readonly
+from console.main_updates import MainUpdates
 from console.screens.compare_view import CompareView
 from console.screens.confirm import quit_question, restore_question
 from console.screens.edits_screen import EditsChanged, EditsScreen, RevertPlanArrived
 from console.screens.help_screen import HelpScreen
 from console.screens.main_screen import MainScreen
 from console.screens.policy_screen import PolicyScreen
-from console.screens.save_dialog import SaveDialog
 from console.terminal_watch import EXIT_TERMINAL_LOST, TerminalWatch, terminal_fds
 from console.text import visible
 from console.themes import SEVERITY_VARIABLES, default_theme_name, load_themes
 from console.widgets.change_bars import ChangeBars, ComparisonAnswered
+from console.widgets.save_prompt import SavePrompt
 from engine import commands as cmd
 from engine.events import SEVERITIES, CommandDone, ComparisonReady, EngineState
 
@@ -54,7 +56,7 @@ class EngineAnswered(Message):
         self.sent_at = sent_at  # time.perf_counter() when the command was submitted
 
 
-class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
+class RedlineApp(AttachedConsole, MainUpdates, App[int], inherit_bindings=False):
     TITLE = "Redline"
     CSS_PATH = "redline.tcss"
     BINDINGS = BINDINGS
@@ -87,7 +89,7 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
         self._pending: dict[int, tuple[float, Callable[[CommandDone], None] | None]] = {}
         self._shutting_down = False
         self._attachment = ""  # the role and console count the header shows
-        self._behind_modal: Batch | None = None  # main-screen changes held while a dialog covers it
+        self._held: Batch | None = None  # main-screen changes held while a dialog covers it, or after an answer
         self._role = getattr(source, "role", None)  # the footer offers take-control only to an observer
         self.terminal_watch: TerminalWatch | None = None  # stopped by whoever ran the app, after run()
 
@@ -114,6 +116,7 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
     def on_ready(self) -> None:
         """The first frame is up: start pulling events."""
         self.theme_changed_signal.subscribe(self, self._theme_changed)
+        latency_trace.install(self)
         self.set_interval(PUMP_INTERVAL, self.pump)
         set_wakeup = getattr(self.source, "set_wakeup", None)
         if set_wakeup is not None:
@@ -160,7 +163,13 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
 
     def _show(self, batch: Batch) -> None:
         if isinstance(self.screen, ModalScreen):  # a dialog is open: the dimmed screen behind it waits
-            self._hold_behind_modal(batch)
+            self._hold(batch)
+        elif batch.answers:
+            self._show_answer_first(batch)
+        elif self._held is not None:  # panels already waiting (behind an answer's frame): keep the order
+            self._hold(batch)
+        elif self.answer_due():
+            self._hold_for_answer(batch)
         else:
             self._show_main(batch)
         if "edits" in batch.changed or batch.plans:
@@ -173,43 +182,6 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
             self._answer_comparison((comparison.checkpoint_a, comparison.checkpoint_b), comparison)
         for done in batch.done:
             self._answered(done)
-
-    def _hold_behind_modal(self, batch: Batch) -> None:
-        """Redrawing the screen behind a dialog re-tints all of it each frame (~70 ms at 160x48 on two
-        cores), which made a dialog's own answer slow; hold the changes until the dialog closes."""
-        held = self._behind_modal or Batch()
-        held.changed |= batch.changed
-        held.stream = (held.stream + batch.stream)[-MAX_STREAM:]
-        self._behind_modal = held
-        if batch.stream:
-            self._toast_critical(batch)  # a CRITICAL still interrupts the dialog
-
-    def show_held_changes(self) -> None:
-        """The main screen is on top again: show what changed while a dialog covered it."""
-        held, self._behind_modal = self._behind_modal, None
-        if held is not None and self.main.is_attached:
-            with self.batch_update():
-                self._show_main(held, toast=False)
-
-    def _show_main(self, batch: Batch, toast: bool = True) -> None:
-        main = self.main
-        changed = batch.changed
-        if changed & {"header", "health"}:
-            self._show_header()
-        if "health" in changed:
-            main.gauges.show(self.state)
-        if "stream" in changed:
-            main.alerts.add(batch.stream)
-            if toast:
-                self._toast_critical(batch)
-        if "checkpoints" in changed:
-            main.checkpoints.show(self.state.checkpoints)
-        if "coupling" in changed:
-            main.coupling.show(self.state.coupling)
-        if "progress" in changed:
-            main.progress.show(self.state.progress)
-        if "drift" in changed:
-            main.drift.show(self.state.drift)
 
     def _show_header(self) -> None:
         self._attachment = attachment(self.source)
@@ -224,12 +196,6 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
         if self.state.engine is not None and self.main.is_attached:
             self._show_header()
         self.check_engine_gone()
-
-    def _toast_critical(self, batch: Batch) -> None:
-        critical = [e for e in batch.stream if e.severity == "CRITICAL"]
-        if critical:
-            more = f" (+{len(critical) - 1} more)" if len(critical) > 1 else ""
-            self.notify(visible(critical[-1].text) + more, title="CRITICAL", severity="error", timeout=8, markup=False)
 
     def _answer_comparison(self, pair: tuple[str, str], comparison: ComparisonReady | None, refused: str = "") -> None:
         """Post the answer to every ChangeBars on the open screens; each keeps the one for its own pair."""
@@ -309,20 +275,37 @@ class RedlineApp(AttachedConsole, App[int], inherit_bindings=False):
 
     def action_emergency_stop(self) -> None:
         self.source.emergency_stop("operator (ctrl+x)")
-        self.notify("EMERGENCY STOP: halting the experiment and rolling back.", severity="error", timeout=6)
+        self.after_next_answer(lambda: self.notify("EMERGENCY STOP: halting the experiment and rolling back.",
+                                                  severity="error", timeout=6))  # the engine's answer draws first
 
     def action_save(self) -> None:
-        def chosen(purpose: str | None) -> None:
-            if purpose is not None:
-                self.send(cmd.Save(purpose=purpose), self._saved)
-
-        self.push_screen(SaveDialog(), chosen)
-
-    def _saved(self, done: CommandDone) -> None:
-        if done.ok:
-            self.notify(visible(f"saved {done.result or 'checkpoint'}"), title="Checkpoint", markup=False)
+        if self.screen is self.main:
+            self.main.open_save_prompt()
         else:
+            self.notify("Save from the main screen: close this view first (Esc).", severity="warning")
+
+    def on_save_prompt_chosen(self, message: SavePrompt.Chosen) -> None:
+        """The save goes out first; the line says so while the engine works."""
+        prompt, purpose = self.main.save_prompt, message.purpose
+        if purpose is None:
+            prompt.close()
+        elif self.send(cmd.Save(purpose=purpose), lambda done: self._saved(done, purpose)) is None:
+            prompt.close()
+        else:
+            prompt.show_status(visible(f"saving a checkpoint ({purpose})…"))
+
+    def _saved(self, done: CommandDone, purpose: str = "") -> None:
+        """The answer shows in the save line (one row, no relayout); a failure, or an answer that comes while
+        the line asks for another purpose, is a notification."""
+        prompt = self.main.save_prompt
+        text = visible(f"saved {done.result or 'checkpoint'}" + (f" · {purpose}" if purpose else ""))
+        if not done.ok:
+            prompt.close()
             self.notify(visible(f"save failed: {done.message}"), title="Checkpoint", severity="error", markup=False)
+        elif prompt.is_open or self.screen is not self.main:
+            self.notify(text, title="Checkpoint", markup=False)
+        else:
+            prompt.show_status(text)
 
     def _selected(self) -> str | None:
         selected = self.main.checkpoints.selected_id

@@ -40,7 +40,11 @@ class AttachedConsole:
         self.post_message(EventsArrived())
 
     def on_events_arrived(self, _message: EventsArrived) -> None:
-        """The source has new events: drain now, or WAKE_GAP after the last drain."""
+        """The source has new events: drain now, or WAKE_GAP after the last drain; at once while an
+        operator waits for an answer (a command sent, an emergency stop) whatever the gap."""
+        if self.awaiting_answer():
+            self.pump()
+            return
         if self._wake_scheduled:
             return
         wait = self._last_pump + WAKE_GAP - time.monotonic()

@@ -318,13 +318,14 @@ def run_console(source, args: argparse.Namespace) -> int:
     from console.app import EXIT_ERROR, EXIT_NO_FINAL_CHECKPOINT, RedlineApp
     from console.bindings import BINDINGS
     from console.keymap import default_keymap_path, load_keymap
+    from console.latency_trace import run_profiled
 
     keymap_path = args.keymap or default_keymap_path()
     keymap, notes = load_keymap(keymap_path, BINDINGS, required=args.keymap is not None)
     app = RedlineApp(source, theme=args.theme, keymap=keymap, notes=notes)
     code = EXIT_ERROR
     try:
-        app.run()
+        run_profiled(app.run)
         code = app.return_code if app.return_code is not None else EXIT_ERROR
     finally:
         if source.is_alive() and app.shutdown_result is None:

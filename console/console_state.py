@@ -36,6 +36,7 @@ class Batch:
     done: list[ev.CommandDone] = field(default_factory=list)
     comparisons: list[ev.ComparisonReady] = field(default_factory=list)
     plans: list[ev.RevertPlanned] = field(default_factory=list)
+    answers: bool = False  # the engine's state changed or a command was answered: what an operator waits for
 
 
 class ConsoleState:
@@ -82,6 +83,7 @@ class ConsoleState:
         if isinstance(event, ev.EngineStateChanged):
             self.engine = event
             batch.changed.add("header")
+            batch.answers = True
         elif isinstance(event, ev.HealthSnapshot):
             self._apply_health(event)
             batch.changed.add("health")
@@ -135,6 +137,7 @@ class ConsoleState:
             batch.plans.append(event)
         elif isinstance(event, ev.CommandDone):
             batch.done.append(event)
+            batch.answers = True
 
     def _apply_edit(self, info: ev.EditInfo) -> None:
         """Keep the entry; a revert also marks the edit it undid."""

@@ -51,6 +51,7 @@ class AlertStream(Vertical):
         self._entries = entries
         self._shown = 0
         self._width = 0
+        self._latest: StreamEntry | None = None  # the newest entry drawn
 
     def compose(self) -> ComposeResult:
         yield Static(id="stream-status")
@@ -80,7 +81,16 @@ class AlertStream(Vertical):
         return True
 
     def add(self, entries: Iterable[StreamEntry]) -> None:
-        """Append new entries; scroll with them only if the view was already at the end."""
+        """Append new entries; scroll with them only if the view was already at the end. Entries already
+        drawn (a redraw from scratch came between their arrival and this call) are skipped."""
+        entries = list(entries)
+        for index in range(len(entries) - 1, -1, -1):
+            if entries[index] is self._latest:
+                entries = entries[index + 1:]
+                break
+        if not entries:
+            return
+        self._latest = entries[-1]
         log = self.log_view
         follow = log.is_vertical_scroll_end or log.max_scroll_y == 0
         lines = [self._line(entry) for entry in entries if self.matches(entry)][-MAX_LINES:]
@@ -98,6 +108,7 @@ class AlertStream(Vertical):
         log = self.log_view
         log.clear()
         self._shown = 0
+        self._latest = self._entries[-1] if self._entries else None
         matching = [e for e in self._entries if self.matches(e)][-MAX_LINES:]
         self._write([self._line(entry) for entry in matching], follow=True)
         self._shown = len(matching)

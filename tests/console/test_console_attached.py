@@ -8,7 +8,6 @@ from console.app import EngineAnswered, RedlineApp
 from console.engine_client import EngineClient
 from console.screens.confirm import ConfirmScreen
 from console.screens.quit_dialog import QuitDialog
-from console.screens.save_dialog import SaveDialog
 from engine.events import EngineState
 from engine.runtime.socket_paths import socket_path
 from tests.console.test_console_engine import KEEP_CHANGING, WIDE, make_engine, until
@@ -43,7 +42,7 @@ async def test_attached_console_saves_shows_its_role_and_detaches(tmp_path, tiny
             assert "CONTROLLER · 1 console" in str(app.main.header.render())
             assert not footer_offers_take_control(app)  # already the controller: no `c` in the footer
             await pilot.press("s")
-            assert isinstance(app.screen, SaveDialog)
+            assert app.main.save_prompt.is_open
             await pilot.press(*"ssh", "enter")  # short: each key waits for the busy app to idle
             await until(pilot, lambda: any(d.command == "save" and d.ok for d in answers), "the save")
             await until(pilot, lambda: any(c.purpose == "ssh" for c in app.state.checkpoints), "the table")

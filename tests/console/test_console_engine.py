@@ -12,7 +12,6 @@ import torch
 
 from console.app import EngineAnswered, RedlineApp
 from console.screens.confirm import ConfirmScreen
-from console.screens.save_dialog import SaveDialog
 from console.widgets.change_bars import ChangeBars
 from console.widgets.checkpoint_table import CheckpointTable
 from engine.commands import RunExperiment
@@ -70,10 +69,18 @@ async def test_save_then_restore_returns_the_model_to_the_saved_state(tmp_path, 
         weight = engine.core.model.model.layers[0].mlp.down_proj.weight
         saved_weight = weight.detach().clone()
 
+        prompt = app.main.save_prompt
+        await pilot.press("s")  # the prompt takes the footer's line; Esc closes it without saving
+        assert prompt.is_open and not app.main.footer.display
+        await pilot.press("escape")
+        assert not prompt.is_open and app.main.footer.display
         await pilot.press("s")
-        assert isinstance(app.screen, SaveDialog)
+        assert prompt.is_open
         await pilot.press(*"before tripling", "enter")
         await until(pilot, lambda: any(d.command == "save" for d in answers), "the save")
+        echo = str(prompt.query_one("#save-label").render())  # the answer, in the same line
+        assert echo.startswith(" saved checkpoint_") and echo.endswith("· before tripling") and not prompt.is_open
+        assert [d.command for d in answers].count("save") == 1  # Esc saved nothing
         await until(pilot, lambda: any(c.purpose == "before tripling" for c in app.state.checkpoints), "the table")
         table = app.main.query_one(CheckpointTable)
         assert table.row_count == 2 and str(table.get_row_at(0)[-1]) == "before tripling"
@@ -165,7 +172,7 @@ async def test_readonly_engine_hides_and_refuses(tmp_path, tiny_model_dir):
         shown = {b.binding.action for b in app.screen.active_bindings.values()}
         assert {"save", "restore", "emergency_stop", "pause"}.isdisjoint(shown)
         await pilot.press("s", "ctrl+x")
-        assert not isinstance(app.screen, SaveDialog)
+        assert not app.main.save_prompt.is_open
         assert sum("read-only" in n for n in notices(app)) == 2
         assert engine.state is EngineState.IDLE
         await pilot.press("q")

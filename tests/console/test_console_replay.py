@@ -13,7 +13,6 @@ from console.app import RedlineApp
 from console.replay import ReplaySource
 from console.screens.compare_view import CompareView
 from console.screens.help_screen import HelpScreen, key_table
-from console.screens.save_dialog import SaveDialog
 from console.widgets.alert_stream import AlertStream
 from engine import events as ev
 from console.widgets.change_bars import ChangeBars
@@ -87,7 +86,7 @@ async def test_read_only_hides_and_refuses_mutating_keys(recording):
         assert {"compare", "help", "quit"} <= shown
         await pilot.press("s", "ctrl+x", "p", "R")
         await pilot.pause()
-        assert not isinstance(app.screen, SaveDialog)
+        assert not app.main.save_prompt.is_open
         refused = [n for n in notices(app) if "refused" in n]
         assert len(refused) == 4 and all("read-only" in n for n in refused)
         assert "emergency stop ignored" not in stream_text(app)  # never reached the source
@@ -201,6 +200,12 @@ async def test_stream_follows_new_entries_unless_scrolled_back(recording):
         stream.add([StreamEntry(3e9, "LOW", "test", "newest")])
         await pilot.pause()
         assert log.is_vertical_scroll_end
+
+        stream.show_all()  # a redraw from scratch (a resize, a filter) between entries' arrival and their display
+        status = stream.query_one("#stream-status")
+        redrawn = str(status.render())
+        stream.add(list(app.state.stream)[-3:])  # the entries the console held for later: drawn already
+        assert str(status.render()) == redrawn == f" 1:CRIT 2:HIGH 3:MED 4:LOW 5:INFO  ({len(app.state.stream)} shown)"
 
 
 @pytest.mark.slow

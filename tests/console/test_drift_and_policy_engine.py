@@ -31,9 +31,12 @@ async def test_an_edit_of_one_layer_drifts_that_layer_only_and_the_policy_screen
         moved = [layer for layer in app.state.drift.layers if layer.relative]
         assert [(m.layer, m.tensor) for m in moved] == [("model.layers.0", "model.layers.0.mlp.down_proj.weight")]
         assert moved[0].relative == pytest.approx(2.0, rel=1e-4) and moved[0].severity == "CRITICAL"
-        await pilot.pause()
-        strip = next(line for line in screen_text(app).splitlines() if line.lstrip().startswith("drift "))
-        assert "200% model.layers.0 mlp.down_proj.weight" in strip, strip
+
+        def strip() -> str:
+            return next(line for line in screen_text(app).splitlines() if line.lstrip().startswith("drift "))
+
+        await until(pilot, lambda: "200% model.layers.0 mlp.down_proj.weight" in strip(),
+                    "the strip (redrawn at most twice a second)")
 
         await pilot.press("P")
         assert isinstance(app.screen, PolicyScreen)
