@@ -39,12 +39,15 @@ def wait_for(condition, what: str, timeout: float = DEADLINE):
 
 
 def expect_all(child: pexpect.spawn, *texts: str) -> None:
-    """Wait until every text has appeared on the terminal, in any order (one frame may draw them in any order)."""
-    seen, deadline = "", time.monotonic() + DEADLINE
-    while not all(text in seen for text in texts):
-        assert time.monotonic() < deadline, f"not all of {texts} appeared"
+    """Wait until every text has appeared on the terminal, in any order (one frame may draw them in any order).
+
+    Each text is ticked off when seen, so a full frame longer than the look-back window can't hide an early one."""
+    missing, seen, deadline = set(texts), "", time.monotonic() + DEADLINE
+    while missing:
+        assert time.monotonic() < deadline, f"{sorted(missing)} never appeared; the terminal's last output: {seen[-1500:]!r}"
         child.expect(r"[\s\S]+")
         seen = seen[-5000:] + child.after
+        missing = {text for text in missing if text not in seen}
 
 
 @pytest.mark.slow
