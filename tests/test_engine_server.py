@@ -200,6 +200,28 @@ def test_slow_client_is_resynchronised_with_a_fresh_snapshot(tmp_path, tiny_mode
     seen.client.shutdown()
 
 
+def test_resync_after_a_private_alert_repeats_nothing(tmp_path, tiny_model_dir, engines):
+    """The last alert a client got was its own (a refusal, never in the engine's picture): a resync still
+    skips the shared alerts it had before."""
+    run_dir = tmp_path / "run"
+    driver = engines(tiny_model_dir, run_dir, serve=True)
+    seen = attach(run_dir)
+    connection = driver.engine.server.connections[0]
+    for i in range(5):
+        driver.engine._events.publish(ev.Alert(severity="INFO", message=f"before {i}", source="test"))
+    seen.wait_for(lambda e: isinstance(e, ev.Alert) and e.message == "before 4")
+    connection._tell("emergency stop refused: this console attached read-only")
+    seen.wait_for(lambda e: isinstance(e, ev.Alert) and e.message.startswith("emergency stop refused"))
+    for i in range(3 * connection.outbox.capacity):  # events that matter, none an alert
+        driver.engine._events.publish(ev.CheckpointDeleted(checkpoint_id=f"gone {i}"))
+    driver.engine._events.publish(ev.Alert(severity="INFO", message="after", source="test"))
+    seen.wait_for(lambda e: isinstance(e, ev.Alert) and e.message == "after")
+    assert seen.client.snapshots > 1  # the burst did force a resync
+    messages = [a.message for a in seen.of(ev.Alert) if a.message.startswith(("before", "after"))]
+    assert len(messages) == len(set(messages))
+    seen.client.shutdown()
+
+
 @pytest.mark.parametrize("garbage", [
     b"\xff\xfe\xfd\n",
     b"{this is not json}\n",

@@ -56,7 +56,8 @@ class Connection:
         self.readonly = True
         self.outbox = ClientOutbox(server.outbox_capacity or DEFAULT_CAPACITY, lock=server.fanout.ready)
         self.snapshot_pending = False
-        self.last_alert: Alert | None = None
+        self.last_alert: Alert | None = None  # the last shared alert sent (a resync skips it and those before)
+        self._told: dict[int, Alert] = {}  # this client's own alerts not yet sent (never in the engine's picture)
         self.away: dict | None = None  # what happened while no console was attached (EngineView.away_summary)
         self.closed = threading.Event()
         self._send_lock = threading.Lock()
@@ -154,7 +155,11 @@ class Connection:
         self.server.claim(engine_id, self, client_id)
 
     def _tell(self, text: str) -> None:
-        self.outbox.put_private(Alert(severity="LOW", message=text, source="server"))
+        alert = Alert(severity="LOW", message=text, source="server")
+        if len(self._told) > 2 * self.outbox.capacity:  # dropped from a full outbox, never sent
+            self._told.clear()
+        self._told[id(alert)] = alert
+        self.outbox.put_private(alert)
 
     # -- out ------------------------------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -223,7 +228,7 @@ class Connection:
             except ProtocolError as exc:
                 lines.append(protocol.encode(protocol.event_message(LogLine(text=f"not sent: {exc}", source="server"))))
                 continue
-            if isinstance(item, Alert):
+            if isinstance(item, Alert) and self._told.pop(id(item), None) is None:
                 self.last_alert = item
         return lines
 
