@@ -292,7 +292,7 @@ class RedlineApp(AttachedConsole, MainUpdates, App[int], inherit_bindings=False)
         elif self.send(cmd.Save(purpose=purpose), lambda done: self._saved(done, purpose)) is None:
             prompt.close()
         else:
-            prompt.show_status(visible(f"saving a checkpoint ({purpose})…"))
+            prompt.await_answer(visible(f"saving a checkpoint ({purpose})…"))
 
     def _saved(self, done: CommandDone, purpose: str = "") -> None:
         """The answer shows in the save line (one row, no relayout); a failure, or an answer that comes while
