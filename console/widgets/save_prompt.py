@@ -44,6 +44,7 @@ class SavePrompt(Horizontal):
         self.default = default
         self._focus_before = None  # what had the focus before the prompt took it, given back after
         self._timer: Timer | None = None
+        self.echo_seconds = ECHO_SECONDS
         self._status = False  # showing a status instead of asking
         self._answered = False  # the question was answered; the line waits for the engine (await_answer)
 
@@ -71,9 +72,10 @@ class SavePrompt(Horizontal):
         self.add_class("-open")
         purpose.focus()
 
-    def show_status(self, text: str, seconds: float = ECHO_SECONDS) -> None:
-        """Show `text` where the question was, then close after `seconds`. Nothing changes size (the text is
-        cut to the question's width; the field is emptied, not hidden), so this repaints and never relays out."""
+    def show_status(self, text: str, *, stay: bool = False) -> None:
+        """Show `text` where the question was, then close after `echo_seconds` (with `stay`, not until the next
+        status). Nothing changes size (the text is cut to the question's width; the field is emptied, not
+        hidden), so this repaints and never relays out."""
         self._stop_timer()
         self._answered = False
         self.query_one(Label).update(Text(f" {text}", no_wrap=True, overflow="ellipsis"), layout=False)
@@ -83,15 +85,17 @@ class SavePrompt(Horizontal):
             purpose.value = ""
             purpose.placeholder = ""
             self._give_focus_back()
-        self._timer = self.set_timer(seconds, self.close)
+        if not stay:
+            self._timer = self.set_timer(self.echo_seconds, self.close)
 
     def await_answer(self, working: str, after: float = WORKING_AFTER) -> None:
         """The question is answered and the engine is at work: the line shows `working` only if no answer
         (show_status) comes within `after` seconds. A quick answer is then drawn in one frame, not a frame of
-        "saving…" and another of "saved" (each frame at 160x48 costs the answer ~15 ms on two cores)."""
+        "saving…" and another of "saved" (each frame at 160x48 costs the answer ~15 ms on two cores). `working`
+        stays until the answer, however long the engine takes."""
         self._stop_timer()
         self._answered = True
-        self._timer = self.set_timer(after, lambda: self.show_status(working))
+        self._timer = self.set_timer(after, lambda: self.show_status(working, stay=True))
 
     def close(self) -> None:
         self._stop_timer()

@@ -52,13 +52,17 @@ async def test_a_slow_answer_shows_that_the_engine_works():
     app = PromptApp()
     async with app.run_test() as pilot:
         prompt = app.query_one(SavePrompt)
+        prompt.echo_seconds = 0.2  # an echo closes the line after this; the working line must not
         prompt.open()
         await pilot.press(*"x", "enter")
-        await asyncio.sleep(2 * WORKING_AFTER)
+        await asyncio.sleep(2 * WORKING_AFTER + 3 * prompt.echo_seconds)  # a save slower than an echo lasts
         await pilot.pause()
-        assert app.chosen == ["x"] and label(app) == " saving a checkpoint…"
+        assert app.chosen == ["x"] and label(app) == " saving a checkpoint…" and prompt.has_class("-open")
         prompt.show_status("saved checkpoint_2")
         await pilot.pause()
         assert label(app) == " saved checkpoint_2"
+        await asyncio.sleep(3 * prompt.echo_seconds)
+        await pilot.pause()
+        assert not prompt.has_class("-open")  # the answer's echo closes the line
         prompt.open()  # asking again starts afresh
         assert prompt.is_open and "Purpose" in label(app)
