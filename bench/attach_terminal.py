@@ -2,8 +2,9 @@
 
 `redline attach` runs in a 160x48 pseudo-terminal (pexpect); the bench types the key and times until the
 answer is drawn: 5. `s`, Enter -> "saved checkpoint_" drawn; 6. ctrl+x -> the header's state leaves RUNNING
-(STOPPING/RECOVERING/IDLE drawn), and -> IDLE drawn (the rollback done). Beside each, the floor: the same
-Save / EmergencyStop as a bare socket round trip from another client (the engine's part), in the same run.
+(STOPPING/RECOVERING/IDLE drawn), and -> IDLE drawn (the rollback done). Beside each, the floor, in the
+same run: the same Save submitted in the engine's own process (the engine's part: the checkpoint written
+and synced), the same EmergencyStop as a bare socket round trip from another client.
 
 With `trace`, the console runs with REDLINE_TRACE (console/latency_trace.py) and each press is broken down:
 key read by the app, command sent, answer woke the UI, answer drained, frames written until it was seen.
@@ -49,14 +50,16 @@ def _settle(child, seconds: float) -> None:
             return
 
 
-def terminal_keys(run_dir: Path, samples: int, restart: Callable[[], None], trace: Path | None = None) -> dict:
+def terminal_keys(run_dir: Path, samples: int, restart: Callable[[], None], save_floor: Callable[[], float],
+                  trace: Path | None = None) -> dict:
     """Seconds per press, and the floors, keyed 'save', 'save floor', 'stop', 'stop floor', 'idle', 'idle floor';
-    'windows': (label, key sent at, answer seen at) in perf_counter seconds, for the trace."""
+    'windows': (label, key sent at, answer seen at) in perf_counter seconds, for the trace. `save_floor()`
+    saves once in the engine's own process and returns the seconds to its answer: the floor client is an
+    observer (the console holds control), and an observer's Save is refused, not done."""
     import pexpect
 
     from console.engine_client import EngineClient
-    from engine import commands as cmd
-    from engine.events import CommandDone, EngineState, EngineStateChanged, ExperimentStep
+    from engine.events import EngineState, EngineStateChanged, ExperimentStep
     from engine.runtime.socket_paths import socket_path
 
     times: dict[str, list] = {k: [] for k in ("save", "save floor", "stop", "stop floor", "idle", "idle floor")}
@@ -116,10 +119,7 @@ def terminal_keys(run_dir: Path, samples: int, restart: Callable[[], None], trac
             times["idle floor"].append(idle - started)
             running_again()
 
-            started = time.perf_counter()
-            command_id = client.submit(cmd.Save(purpose="bench floor"))
-            times["save floor"].append(until(lambda e: isinstance(e, CommandDone) and e.command_id == command_id)
-                                       - started)
+            times["save floor"].append(save_floor())
             _settle(child, max(0.0, TOAST_LIFE - (time.monotonic() - saved_at)))
         child.send("q")
         child.expect("Detach")
@@ -167,11 +167,12 @@ def breakdown(trace: Path, windows: list[tuple[str, float, float]]) -> list[str]
             if seen - started >= slowest:  # the slowest press, every mark: where the tail's time went
                 slowest = seen - started
                 example = [f"{t * 1000:7.1f} ms {name} {detail}" for t, name, detail in inside]
-        lines.append(f"   {kind}: medians from the key written to the pty")
+        lines.append(f"   {kind}: from the key written to the pty, median and p95 (each mark on its own)")
         for name, values in rows.items():
             unit = "" if "(" in name else " ms"
             scale = 1 if "(" in name else 1000
-            lines.append(f"      {name:<40} {statistics.median(values) * scale:8.1f}{unit}")
+            tail = sorted(values)[min(len(values) - 1, int(0.95 * len(values)))]
+            lines.append(f"      {name:<40} {statistics.median(values) * scale:8.1f}{unit} {tail * scale:8.1f}{unit}")
         lines.append(f"   {kind}: the slowest press, every mark")
         lines.extend(f"      {row}" for row in example[:40])
     return lines

@@ -24,6 +24,7 @@ from console import latency_trace
 from console.attached_console import EXIT_NO_FINAL_CHECKPOINT, EXIT_OK, AttachedConsole
 from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
 from console.console_state import Batch, ConsoleState
+from console.gc_pacing import GcPacing
 from console.event_source import EventSource, attachment, describe, is_readonly
 from console.main_updates import MainUpdates
 from console.screens.compare_view import CompareView
@@ -40,6 +41,7 @@ from console.widgets.save_prompt import SavePrompt
 from engine import commands as cmd
 from engine.events import SEVERITIES, CommandDone, ComparisonReady, EngineState
 
+GC_PACING_AFTER = 1.0  # seconds after the first screen before the collector is paced (console.gc_pacing)
 PUMP_INTERVAL = 0.1  # seconds between event drains (10 Hz) when the source cannot wake the UI
 MAX_EVENTS_PER_PUMP = 5000
 
@@ -92,6 +94,7 @@ class RedlineApp(AttachedConsole, MainUpdates, App[int], inherit_bindings=False)
         self._held: Batch | None = None  # main-screen changes held while a dialog covers it, or after an answer
         self._role = getattr(source, "role", None)  # the footer offers take-control only to an observer
         self.terminal_watch: TerminalWatch | None = None  # stopped by whoever ran the app, after run()
+        self.gc_pacing = GcPacing()  # started on a real terminal only: tests run many apps in one process
 
     # --- start-up -------------------------------------------------------
 
@@ -122,6 +125,8 @@ class RedlineApp(AttachedConsole, MainUpdates, App[int], inherit_bindings=False)
         if set_wakeup is not None:
             set_wakeup(self.wake)
         self.set_interval(1.0, self._tick)
+        if not self.is_headless:
+            self.set_timer(GC_PACING_AFTER, self.gc_pacing.start)  # the snapshot applied and drawn first
         self._show_header()
         self.pump()
 
@@ -138,6 +143,7 @@ class RedlineApp(AttachedConsole, MainUpdates, App[int], inherit_bindings=False)
         self.terminal_watch.start()
 
     def on_unmount(self) -> None:
+        self.gc_pacing.stop()
         if not self.is_headless and self.watch_terminal:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGHUP, signal.SIGTERM):
@@ -196,6 +202,7 @@ class RedlineApp(AttachedConsole, MainUpdates, App[int], inherit_bindings=False)
         if self.state.engine is not None and self.main.is_attached:
             self._show_header()
         self.check_engine_gone()
+        self.gc_pacing.tick(awaiting=self.awaiting_answer())
 
     def _answer_comparison(self, pair: tuple[str, str], comparison: ComparisonReady | None, refused: str = "") -> None:
         """Post the answer to every ChangeBars on the open screens; each keeps the one for its own pair."""
@@ -259,6 +266,11 @@ class RedlineApp(AttachedConsole, MainUpdates, App[int], inherit_bindings=False)
                     and getattr(self.source, "role", None) != "controller")
         return True
 
+    async def on_event(self, event) -> None:
+        if isinstance(event, Key):
+            self.gc_pacing.key_pressed()  # no full collection while keys come
+        await super().on_event(event)
+
     def on_key(self, event: Key) -> None:
         """Read-only: a hidden mutating key still gets an answer instead of silence."""
         if not self.readonly:
@@ -306,6 +318,7 @@ class RedlineApp(AttachedConsole, MainUpdates, App[int], inherit_bindings=False)
             self.notify(text, title="Checkpoint", markup=False)
         else:
             prompt.show_status(text)
+            self.expect_painted(prompt.label)
 
     def _selected(self) -> str | None:
         selected = self.main.checkpoints.selected_id

@@ -3,8 +3,9 @@
 Off (nothing wrapped, nothing costs) unless REDLINE_TRACE names a file. Then the running app notes, with
 time.perf_counter(), each key it receives, each command it sends, each wake-up from the client's reader
 thread (an answer arrived), each drain of events, and each frame: when the compositor handed it over and
-when its bytes were written to the terminal (with their count). The lines are written at exit, one a
-mark: `seconds label detail`. bench/attach.py's terminal parts read them (`--trace`).
+when its bytes were written to the terminal (with their count), and each garbage collection (its
+generation and length: a long one stops the app, and the frame writer with it). The lines are written at
+exit, one a mark: `seconds label detail`. bench/attach.py's terminal parts read them (`--trace`).
 
 REDLINE_PROFILE=FILE runs the app under cProfile and dumps its stats there at exit (`run_profiled`).
 """
@@ -12,6 +13,7 @@ REDLINE_PROFILE=FILE runs the app under cProfile and dumps its stats there at ex
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import time
 from collections.abc import Callable
@@ -62,6 +64,16 @@ def install(app: Any) -> LatencyTrace | None:
         return await on_event(event)
 
     app.on_event = on_event_traced
+    collecting: list[float] = []
+
+    def garbage_collection(phase: str, info: dict) -> None:
+        if phase == "start":
+            collecting[:] = [time.perf_counter()]
+        elif collecting:
+            trace.mark("gc", f"gen{info.get('generation')} {(time.perf_counter() - collecting[0]) * 1000:.1f}ms "
+                             f"{info.get('collected', 0)} collected")
+
+    gc.callbacks.append(garbage_collection)
     source = app.source
     trace.wrap(source, "submit", "sent", lambda command: type(command).__name__)
     trace.wrap(source, "emergency_stop", "sent", lambda *a, **k: "EmergencyStop")

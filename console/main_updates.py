@@ -31,6 +31,7 @@ class MainUpdates:
     _steady_drawn = 0.0  # time.monotonic() of their last redraw
     _after_frame: list | None = None  # callbacks waiting for the next frame to be written
     _after_answer: list | None = None  # callbacks waiting for the engine's next state change or reply to be drawn
+    _unpainted: frozenset = frozenset()  # widgets showing an answer that no frame has drawn yet
 
     def awaiting_answer(self) -> bool:
         """An operator waits: a command sent and not answered, or an emergency stop not yet seen."""
@@ -45,10 +46,8 @@ class MainUpdates:
     def _hold_for_answer(self, batch: Batch) -> None:
         """An answer is due within milliseconds: the panels these events changed (a table rebuilt after a
         save's CheckpointSaved) would be drawn first and delay it, so they wait for its frame (at most
-        ANSWER_WAIT). The header, one row, is drawn now."""
-        if batch.changed & {"header", "health"}:
-            self._show_header()
-        batch.changed.discard("header")
+        ANSWER_WAIT). So does the header: a frame of its own now would take the frame slot (Textual draws at
+        most 60 a second) and the answer arriving a moment later would wait for the next one."""
         self._hold(batch)
         self.set_timer(ANSWER_WAIT, self.show_held_changes)
 
@@ -73,12 +72,25 @@ class MainUpdates:
             self.set_timer(FRAME_WAIT, lambda: self._after_frame is pending and self._run_after_frame())
         self._after_frame.append(callback)
 
+    def expect_painted(self, widget) -> None:
+        """`widget` (a PaintNotice) now shows an answer: work waiting for the next frame waits for a frame
+        that draws it (a frame already due may go out without it), or FRAME_WAIT."""
+        if not widget.is_on_screen:
+            return
+        self._unpainted |= {widget}
+
+        def painted() -> None:
+            self._unpainted -= {widget}
+
+        widget.when_painted(painted)
+
     def post_display_hook(self) -> None:
         """Textual calls this after each frame it writes (and after one it skipped inside a batch update)."""
-        if self._after_frame and not self._batch_count:
+        if self._after_frame and not self._batch_count and not self._unpainted:
             self.call_later(self._run_after_frame)
 
     def _run_after_frame(self) -> None:
+        self._unpainted = frozenset()
         callbacks, self._after_frame = self._after_frame or [], None
         for callback in callbacks:
             callback()
@@ -87,6 +99,7 @@ class MainUpdates:
         """A state change or a command's answer goes out in a frame of its own (the header, the save line:
         one row each); the panels the same events changed (tables, gauges, the stream) follow in the next."""
         self._show_header()
+        self.expect_painted(self.main.header)
         batch.changed.discard("header")
         self._hold(batch)
         self.after_next_frame(self.show_held_changes)

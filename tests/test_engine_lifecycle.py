@@ -18,6 +18,7 @@ from engine.events import (
     CouplingView,
     EngineState,
     EngineStateChanged,
+    Event,
     ExperimentStep,
     HealthSnapshot,
     LogLine,
@@ -116,7 +117,8 @@ def test_save_compare_restore_delete(engines, tiny_model_dir, tmp_path):
 
     assert driver.command(Delete(checkpoint_id=saved.result)).ok
     assert driver.of(CheckpointDeleted)[-1].checkpoint_id == saved.result
-    assert saved.result not in [c.id for c in driver.of(CheckpointList)[-1].checkpoints]
+    # the answer goes out first, the list it changed right after it
+    driver.wait_for(lambda e: isinstance(e, CheckpointList) and saved.result not in [c.id for c in e.checkpoints])
 
     bad = driver.command(Restore(checkpoint_id="../../etc/passwd"))
     assert not bad.ok and bad.message
@@ -233,3 +235,18 @@ def test_facade_contract_errors():
         engine.submit("save")
     engine.shutdown()  # never started: nothing to do
     assert not engine.is_alive() and engine.state == EngineState.STARTING
+
+
+def test_a_saves_answer_goes_out_before_the_checkpoint_list_it_changed(engines, tiny_model_dir, tmp_path):
+    """The operator waits for the answer; reading every manifest for the list (milliseconds, more with each
+    checkpoint) comes after it. The list still follows at once, and the CheckpointSaved before the answer."""
+    driver = engines(tiny_model_dir, tmp_path / "run")
+    driver.wait_for(lambda e: isinstance(e, CheckpointList))
+    since = len(driver.of(Event))
+    saved = driver.command(Save(purpose="ordering"))
+    listed = driver.wait_for(lambda e: isinstance(e, CheckpointList) and saved.result in [c.id for c in e.checkpoints],
+                             since=since)
+    events = driver.events[since:]
+    answer, news = events.index(saved), next(i for i, e in enumerate(events) if isinstance(e, CheckpointSaved))
+    assert news < answer < events.index(listed)
+    assert not any(isinstance(e, CheckpointList) for e in events[:answer])

@@ -10,10 +10,11 @@ from console.console_state import ConsoleState
 from console.formatting import duration
 from console.severity import severity_style
 from console.text import visible
+from console.widgets.paint_notice import PaintNotice
 from engine.policy import STATE_SEVERITY, status_severity
 
 
-class EngineHeader(Static):
+class EngineHeader(PaintNotice, Static):
     DEFAULT_CSS = """
     EngineHeader { height: 1; width: 1fr; background: $panel; color: $foreground; }
     """

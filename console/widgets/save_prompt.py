@@ -19,9 +19,15 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Input, Label
 
+from console.widgets.paint_notice import PaintNotice
+
 DEFAULT_PURPOSE = "Manual checkpoint"
 ECHO_SECONDS = 5.0  # how long "saved <id>" stays before the footer comes back
 WORKING_AFTER = 0.1  # seconds the line waits for the answer before it says the engine is working
+
+
+class SaveLabel(PaintNotice, Label):
+    """The question, then the engine's answer: the app waits for a frame that draws it (expect_painted)."""
 
 
 class SavePrompt(Horizontal):
@@ -49,8 +55,12 @@ class SavePrompt(Horizontal):
         self._answered = False  # the question was answered; the line waits for the engine (await_answer)
 
     def compose(self) -> ComposeResult:
-        yield Label(self._question(), id="save-label", markup=False)
+        yield SaveLabel(self._question(), id="save-label", markup=False)
         yield Input(placeholder=self.default, id="purpose", compact=True)
+
+    @property
+    def label(self) -> SaveLabel:
+        return self.query_one(SaveLabel)
 
     def _question(self) -> str:
         return f" Save a checkpoint · Purpose (Enter keeps “{self.default}”; Esc cancels): "

@@ -12,8 +12,10 @@ disk), done at the next save or idle health scan, repairing from memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from engine.events import CheckpointDeleted, CheckpointInfo, CheckpointList, CheckpointRestored, CheckpointSaved
@@ -46,6 +48,8 @@ class CheckpointSync:
         self.known: tuple[str, ...] = ()  # ids in the last published list
         self.dirty = False  # set (from the observer thread) when the directory changed
         self.watcher: RunDirWatcher | None = None
+        self._list_held = 0  # inside list_after(): publish_list only notes that a list is due
+        self._list_due = False
 
     # -- the engine's own changes ------------------------------------------------------------
     def flush_edits(self, doing: str) -> None:
@@ -132,10 +136,26 @@ class CheckpointSync:
             if checkpoints.delete_checkpoint(checkpoint_id):
                 self._core.publish(CheckpointDeleted(checkpoint_id=checkpoint_id))
 
+    @contextlib.contextmanager
+    def list_after(self) -> Iterator[None]:
+        """Lists published inside go out once, at the end: a command's answer goes out first, and reading
+        every manifest and the store's size (milliseconds, more with each checkpoint) is not on its way."""
+        self._list_held += 1
+        try:
+            yield
+        finally:
+            self._list_held -= 1
+            if not self._list_held and self._list_due:
+                self.publish_list()
+
     def publish_list(self, entries: list[dict] | None = None) -> None:
         checkpoints = self._core.checkpoints
         if checkpoints is None:
             return
+        if self._list_held:
+            self._list_due = True
+            return
+        self._list_due = False
         if entries is None:
             entries = checkpoints.list_checkpoints()
         self.known = tuple(e["id"] for e in entries)

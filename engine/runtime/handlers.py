@@ -56,18 +56,21 @@ class CommandHandlers:
         if isinstance(command, Shutdown):
             self.accept_shutdown(command_id, command)
             return
+        with self._core.sync.list_after():  # the operator waits for the answer; the checkpoint list follows it
+            self._answer(command_id, command, self._reply(command))
+
+    def _reply(self, command: Command) -> Reply:
         handler = self._table.get(type(command))
         if handler is None:
-            reply = Reply(False, f"unknown command {type(command).__name__}")
-        else:
-            try:
-                reply = handler(command)
-            except EmergencyStopRequested:
-                raise
-            except Exception as exc:
-                reply = Reply(False, f"{type(exc).__name__}: {exc}")
-                self._core.alert("HIGH", f"Command {command.kind} failed: {reply.message}")
-        self._answer(command_id, command, reply)
+            return Reply(False, f"unknown command {type(command).__name__}")
+        try:
+            return handler(command)
+        except EmergencyStopRequested:
+            raise
+        except Exception as exc:
+            reply = Reply(False, f"{type(exc).__name__}: {exc}")
+            self._core.alert("HIGH", f"Command {command.kind} failed: {reply.message}")
+            return reply
 
     def refuse(self, item: tuple[int, Command] | None, message: str) -> None:
         """In the error state: accept Shutdown, refuse everything else with `message`."""

@@ -81,8 +81,8 @@ async def test_save_then_restore_returns_the_model_to_the_saved_state(tmp_path, 
         echo = str(prompt.query_one("#save-label").render())  # the answer, in the same line
         assert echo.startswith(" saved checkpoint_") and echo.endswith("· before tripling") and not prompt.is_open
         assert [d.command for d in answers].count("save") == 1  # Esc saved nothing
-        await until(pilot, lambda: any(c.purpose == "before tripling" for c in app.state.checkpoints), "the table")
         table = app.main.query_one(CheckpointTable)
+        await until(pilot, lambda: table.row_count == 2, "the table (drawn after the answer's frame)")
         assert table.row_count == 2 and str(table.get_row_at(0)[-1]) == "before tripling"
 
         engine.submit(RunExperiment(path=str(write_experiment(tmp_path, TRIPLE))))
