@@ -478,11 +478,12 @@ def pilot_keys(engine, run_dir: Path, experiment: str, samples: int) -> list[str
 
 def terminal_parts(engine, run_dir: Path, experiment: str, samples: int, trace_dir: Path | None) -> list[str]:
     """5 and 6: save and ctrl+x in a real terminal, each beside its bare socket round trip."""
-    from bench.attach_terminal import breakdown, terminal_keys
+    from bench.attach_terminal import breakdown, keys_in_own_process
     from engine import commands as cmd
     from engine.events import CommandDone
 
     trace = trace_dir / "console-trace.txt" if trace_dir is not None else None
+
     def save_floor() -> float:
         engine.drain_events()
         started = time.perf_counter()
@@ -494,8 +495,8 @@ def terminal_parts(engine, run_dir: Path, experiment: str, samples: int, trace_d
             engine.wait_events(1.0)
         raise SystemExit("bench: the engine never answered its own save")
 
-    times = terminal_keys(run_dir, samples, lambda: engine.submit(cmd.RunExperiment(path=experiment)), save_floor,
-                          trace)
+    times = keys_in_own_process(run_dir, samples, lambda: engine.submit(cmd.RunExperiment(path=experiment)),
+                                save_floor, trace)
     lines = [f"5. save in a real terminal (`redline attach` in a 160x48 pty: Enter -> 'saved' drawn), {samples} saves",
              f"   the same Save in the engine's process (the floor)      {ms(times['save floor'])}",
              f"   attached console in a terminal (ours)                  {ms(times['save'])}  (goal <= 50 ms p95)",

@@ -1,10 +1,11 @@
 """bench/attach.py parts 5 and 6: keys pressed as a user presses them, in a real terminal.
 
-`redline attach` runs in a 160x48 pseudo-terminal (pexpect); the bench types the key and times until the
-answer is drawn: 5. `s`, Enter -> "saved checkpoint_" drawn; 6. ctrl+x -> the header's state leaves RUNNING
-(STOPPING/RECOVERING/IDLE drawn), and -> IDLE drawn (the rollback done). Beside each, the floor, in the
-same run: the same Save submitted in the engine's own process (the engine's part: the checkpoint written
-and synced), the same EmergencyStop as a bare socket round trip from another client.
+`redline attach` runs in a 160x48 pseudo-terminal (pexpect), driven from a process without an engine (as a
+user's terminal is); the bench types the key and times until the answer is drawn: 5. `s`, Enter -> "saved
+checkpoint_" drawn; 6. ctrl+x -> the header's state leaves RUNNING (STOPPING/RECOVERING/IDLE drawn), and
+-> IDLE drawn (the rollback done). Beside each, the floor, in the same run: the same Save submitted in the
+engine's own process (the engine's part: the checkpoint written and synced), the same EmergencyStop as a
+bare socket round trip from another client.
 
 With `trace`, the console runs with REDLINE_TRACE (console/latency_trace.py) and each press is broken down:
 key read by the app, command sent, answer woke the UI, answer drained, frames written until it was seen.
@@ -132,6 +133,52 @@ def terminal_keys(run_dir: Path, samples: int, restart: Callable[[], None], save
     return times
 
 
+def keys_in_own_process(run_dir: Path, samples: int, restart: Callable[[], None], save_floor: Callable[[], float],
+                        trace: Path | None = None) -> dict:
+    """terminal_keys in a process of its own, as a user's terminal is: here, the reads of the pty would wait
+    for the engine thread of this process (the bench's engine) to let go of the GIL. `restart` and
+    `save_floor` still run here, on the engine, asked for over a pipe."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    here, there = context.Pipe()
+    process = context.Process(target=_drive, args=(there, str(run_dir), samples, str(trace) if trace else None),
+                              name="bench-terminal", daemon=True)
+    process.start()
+    there.close()
+    try:
+        while True:
+            try:
+                kind, value = here.recv()
+            except EOFError:
+                raise SystemExit("bench: the terminal driver process died") from None
+            if kind == "restart":
+                restart()
+                here.send(None)
+            elif kind == "save floor":
+                here.send(save_floor())
+            elif kind == "done":
+                return value
+            else:
+                raise SystemExit(f"bench: the terminal driver failed: {value}")
+    finally:
+        process.join(timeout=60)
+
+
+def _drive(conn, run_dir: str, samples: int, trace: str | None) -> None:
+    def ask(kind: str):
+        conn.send((kind, None))
+        return conn.recv()
+
+    try:
+        times = terminal_keys(Path(run_dir), samples, lambda: ask("restart"), lambda: ask("save floor"),
+                              Path(trace) if trace else None)
+    except BaseException as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        raise
+    conn.send(("done", times))
+
+
 def breakdown(trace: Path, windows: list[tuple[str, float, float]]) -> list[str]:
     """Median milliseconds from the bench's key to each mark of the console's trace, per kind of press."""
     marks = []
@@ -174,5 +221,5 @@ def breakdown(trace: Path, windows: list[tuple[str, float, float]]) -> list[str]
             tail = sorted(values)[min(len(values) - 1, int(0.95 * len(values)))]
             lines.append(f"      {name:<40} {statistics.median(values) * scale:8.1f}{unit} {tail * scale:8.1f}{unit}")
         lines.append(f"   {kind}: the slowest press, every mark")
-        lines.extend(f"      {row}" for row in example[:40])
+        lines.extend(f"      {row}" for row in example[:60])
     return lines

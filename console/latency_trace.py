@@ -2,7 +2,7 @@
 
 Off (nothing wrapped, nothing costs) unless REDLINE_TRACE names a file. Then the running app notes, with
 time.perf_counter(), each key it receives, each command it sends, each wake-up from the client's reader
-thread (an answer arrived), each drain of events, and each frame: when the compositor handed it over and
+thread (an answer arrived), each drain of events (and how long the drain and its display took), and each frame: when the compositor handed it over and
 when its bytes were written to the terminal (with their count), and each garbage collection (its
 generation and length: a long one stops the app, and the frame writer with it). The lines are written at
 exit, one a mark: `seconds label detail`. bench/attach.py's terminal parts read them (`--trace`).
@@ -78,6 +78,14 @@ def install(app: Any) -> LatencyTrace | None:
     trace.wrap(source, "submit", "sent", lambda command: type(command).__name__)
     trace.wrap(source, "emergency_stop", "sent", lambda *a, **k: "EmergencyStop")
     trace.wrap(app, "wake", "wake")
+    pump = app.pump
+
+    def pump_traced():
+        started = time.perf_counter()
+        pump()
+        trace.mark("pumped", f"{(time.perf_counter() - started) * 1000:.1f}ms")
+
+    app.pump = pump_traced
     drain = source.drain_events
 
     def drain_traced(*args, **kwargs):

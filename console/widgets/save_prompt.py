@@ -31,9 +31,10 @@ class SaveLabel(PaintNotice, Label):
 
 
 class SavePrompt(Horizontal):
-    """Hidden until opened. Posts Chosen with the purpose (None: cancelled); whoever handles it sends the save
-    first and then calls show_status or close, so the engine starts before the screen changes. Posts Closed
-    when it hides."""
+    """Hidden until opened. Posts Chosen with the purpose (None: cancelled) to the app directly (bubbling
+    through the screen is two more hops of Textual's message queues between Enter and the save going out);
+    the app sends the save first and then calls show_status or close, so the engine starts before the
+    screen changes. Posts Closed when it hides."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", tooltip="Close without saving")]
 
@@ -134,7 +135,7 @@ class SavePrompt(Horizontal):
     def _accept(self, event: Input.Submitted) -> None:
         event.stop()
         if not self._answered:  # a second Enter while the first save is on its way saves nothing more
-            self.post_message(self.Chosen(event.value.strip() or self.default))
+            self.app.post_message(self.Chosen(event.value.strip() or self.default))
 
     def action_cancel(self) -> None:
-        self.post_message(self.Chosen(None))
+        self.app.post_message(self.Chosen(None))
