@@ -2,7 +2,10 @@
 
 Every command but Shutdown is answered by exactly one CommandDone; Shutdown is
 answered when the engine thread ends (EngineCore.teardown). A handler that
-raises is answered ok=False and reported as a HIGH alert.
+raises is answered ok=False and reported as a HIGH alert. The events a command
+causes (CheckpointSaved, CheckpointDeleted, ...) go out before its answer; the
+CheckpointList it changed goes out right after it (reading every manifest is not
+on the way of the answer an operator waits for).
 """
 
 from __future__ import annotations
