@@ -26,7 +26,8 @@
    shortens (the rest is the engine doing the work). Pilot waits for the app to be idle
    around each key, so these figures hold more than a user sees; part 5 is the user's view.
 4. Attach to a full screen: 1,000 checkpoint entries and 10,000 alerts in the
-   engine's picture; from connecting to the table and stream drawn. Goal <= 1 s.
+   engine's picture; from connecting to the table and stream drawn, the console in a
+   process of its own (as `redline attach` starts one). Goal <= 1 s.
 5. Save as a user does it: `redline attach` in a real 160x48 pseudo-terminal (pexpect), `s`,
    Enter, until the "saved" answer is drawn, beside the same Save submitted in the engine's own
    process (the floor: the engine's part, the checkpoint written and synced). Goal <= 50 ms p95.
@@ -335,6 +336,21 @@ async def full_screen_attach(path, checkpoints: int, alerts: int) -> float:
     return elapsed
 
 
+def attach_in_own_process(path, checkpoints: int, alerts: int) -> float:
+    """full_screen_attach in a fresh process, as a console started by `redline attach` is: in this one its
+    decoding and drawing would share a GIL with the engine's thread and its server encoding the snapshot."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_full_screen_attach_blocking, (str(path), checkpoints, alerts))
+
+
+def _full_screen_attach_blocking(path: str, checkpoints: int, alerts: int) -> float:
+    import asyncio
+
+    return asyncio.run(full_screen_attach(Path(path), checkpoints, alerts))
+
+
 def fill(engine, checkpoints: int, alerts: int) -> None:
     """Put `checkpoints` entries and `alerts` alerts into the engine's picture (as its events)."""
     from engine.events import Alert, CheckpointInfo, CheckpointList
@@ -417,8 +433,6 @@ def main() -> int:
             print_latency(lat_local, lat_remote, args.seconds)
             return 0
 
-        import asyncio
-
         parts = set(args.parts.split(","))
         results: list[str] = []
         if "3" in parts:
@@ -427,7 +441,7 @@ def main() -> int:
             results += terminal_parts(engine, tmp / "run", str(experiment), args.samples, tmp if args.trace else None)
         if "4" in parts:
             fill(engine, 1000, 10_000)
-            attach_times = [asyncio.run(full_screen_attach(socket_path(tmp / "run"), 1000, 10_000)) for _ in range(3)]
+            attach_times = [attach_in_own_process(socket_path(tmp / "run"), 1000, 10_000) for _ in range(3)]
             results.append(f"4. attach to a full screen (1,000 checkpoints, 10,000 alerts): best {min(attach_times):.2f} s "
                            f"of {len(attach_times)}, worst {max(attach_times):.2f} s (goal <= 1 s)")
         engine.shutdown(timeout=120)
