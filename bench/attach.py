@@ -491,7 +491,8 @@ def pilot_keys(engine, run_dir: Path, experiment: str, samples: int) -> list[str
 
 
 def terminal_parts(engine, run_dir: Path, experiment: str, samples: int, trace_dir: Path | None) -> list[str]:
-    """5 and 6: save and ctrl+x in a real terminal, each beside its bare socket round trip."""
+    """5 and 6: save and ctrl+x in a real terminal, each beside its floor (the engine's own save; a bare
+    socket round trip for the stop)."""
     from bench.attach_terminal import breakdown, keys_in_own_process
     from engine import commands as cmd
     from engine.events import CommandDone

@@ -180,7 +180,9 @@ def _drive(conn, run_dir: str, samples: int, trace: str | None) -> None:
 
 
 def breakdown(trace: Path, windows: list[tuple[str, float, float]]) -> list[str]:
-    """Median milliseconds from the bench's key to each mark of the console's trace, per kind of press."""
+    """Median and p95 milliseconds from the bench's key to each mark of the console's trace, per kind of press."""
+    from bench.attach import percentile
+
     marks = []
     for line in trace.read_text().splitlines():
         at, label, *detail = line.split(" ", 2)
@@ -218,8 +220,8 @@ def breakdown(trace: Path, windows: list[tuple[str, float, float]]) -> list[str]
         for name, values in rows.items():
             unit = "" if "(" in name else " ms"
             scale = 1 if "(" in name else 1000
-            tail = sorted(values)[min(len(values) - 1, int(0.95 * len(values)))]
-            lines.append(f"      {name:<40} {statistics.median(values) * scale:8.1f}{unit} {tail * scale:8.1f}{unit}")
+            lines.append(f"      {name:<40} {statistics.median(values) * scale:8.1f}{unit} "
+                         f"{percentile(values, 0.95) * scale:8.1f}{unit}")
         lines.append(f"   {kind}: the slowest press, every mark")
         lines.extend(f"      {row}" for row in example[:60])
     return lines

@@ -24,8 +24,8 @@ from console import latency_trace
 from console.attached_console import EXIT_NO_FINAL_CHECKPOINT, EXIT_OK, AttachedConsole
 from console.bindings import BINDINGS, MUTATING_ACTIONS, PALETTE_ACTIONS
 from console.console_state import Batch, ConsoleState
-from console.gc_pacing import GcPacing
 from console.event_source import EventSource, attachment, describe, is_readonly
+from console.gc_pacing import GcPacing
 from console.main_updates import MainUpdates
 from console.screens.compare_view import CompareView
 from console.screens.confirm import quit_question, restore_question

@@ -2,10 +2,11 @@
 
 Off (nothing wrapped, nothing costs) unless REDLINE_TRACE names a file. Then the running app notes, with
 time.perf_counter(), each key it receives, each command it sends, each wake-up from the client's reader
-thread (an answer arrived), each drain of events (and how long the drain and its display took), and each frame: when the compositor handed it over and
-when its bytes were written to the terminal (with their count), and each garbage collection (its
-generation and length: a long one stops the app, and the frame writer with it). The lines are written at
-exit, one a mark: `seconds label detail`. bench/attach.py's terminal parts read them (`--trace`).
+thread (an answer arrived), each drain of events (and how long the drain and its display took), each
+frame (when the compositor handed it over, and when its bytes were written to the terminal, with their
+count), and each garbage collection (its generation and length: a long one stops the app, and the frame
+writer with it). The lines are written at exit, one a mark: `seconds label detail`. bench/attach.py's
+terminal parts read them (`--trace`).
 
 REDLINE_PROFILE=FILE runs the app under cProfile and dumps its stats there at exit (`run_profiled`).
 """

@@ -2,10 +2,10 @@
 
 `s` opens it; Enter saves with the purpose typed, or the default when none was; Esc closes it. When the
 engine answers, the same line says "saved <id>" for a few seconds (an editor's echo area) before the
-footer comes back; "saving…" shows first only when the answer takes longer than WORKING_AFTER. It replaces a full-screen dialog and a toast: a
-dialog dims and un-dims the whole screen (two full frames, ~100 ms each at 160x48 on two cores) and a
-toast is mounted and laid out before it shows; this line repaints one row and never changes the layout
-of anything else, so the answer shows in the next frame.
+footer comes back; "saving…" shows first only when the answer takes longer than WORKING_AFTER. It
+replaces a full-screen dialog and a toast: a dialog dims and un-dims the whole screen (two full frames,
+~100 ms each at 160x48 on two cores) and a toast is mounted and laid out before it shows; this line
+repaints one row and never changes the layout of anything else, so the answer shows in the next frame.
 """
 
 from __future__ import annotations
