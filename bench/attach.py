@@ -6,7 +6,9 @@
    ExperimentStep's creation (its `time` field) to its arrival, for a console
    attached over <run_dir>/engine.sock (console.engine_client) against the
    in-process consumer draining the Engine directly (the alternative), both in
-   the same run. Goal: the socket adds <= 20 ms at p95.
+   the same run. A client's outbox keeps only the newest step (what a console
+   shows), so the socket's figures are the age of the step a console receives.
+   Goal: the socket adds <= 20 ms at p95.
 2. Engine step time with three consoles attached (in another process, as real
    consoles are) against none, alternating windows in one run (medians of
    --rounds windows each), on an engine of its own whose events are also written
@@ -229,7 +231,8 @@ def print_step_windows(name: str, measured: dict) -> None:
 
 
 def print_latency(local: list[float], remote: list[float], seconds: float) -> None:
-    print(f"1. event latency engine -> client (ExperimentStep, {len(remote)} events over {seconds:.0f} s)")
+    print(f"1. event latency engine -> client (ExperimentStep over {seconds:.0f} s: {len(local)} published, "
+          f"{len(remote)} sent over the socket, where the newest step replaces one not yet sent)")
     for name, values in (("in-process drain (alternative)", local), ("socket client (ours)", remote)):
         print(f"   {name:<32} p50 {percentile(values, 0.5) * 1000:7.2f} ms   p95 {percentile(values, 0.95) * 1000:7.2f} ms")
     added = (percentile(remote, 0.95) - percentile(local, 0.95)) * 1000

@@ -45,21 +45,38 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         data = {"event": self.kind}
-        for f in dataclasses.fields(self):
-            data[f.name] = _plain(getattr(self, f.name))
+        for name in _field_names(type(self)):
+            data[name] = _plain(getattr(self, name))
         return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, default=str)
 
 
+_PLAIN_TYPES = frozenset((str, int, float, bool, type(None)))
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}  # per class: its dataclass fields, None if not a dataclass
+
+
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """The field names of dataclass `cls` (looked up once per class: events are encoded on every step)."""
+    try:
+        return _FIELD_NAMES[cls]
+    except KeyError:
+        names = tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
+        _FIELD_NAMES[cls] = names
+        return names
+
+
 def _plain(value: Any) -> Any:
+    if type(value) in _PLAIN_TYPES:
+        return value
     if isinstance(value, enum.Enum):
         return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
+    names = None if isinstance(value, type) else _field_names(type(value))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
     return value
 
 

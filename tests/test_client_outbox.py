@@ -75,3 +75,29 @@ def test_health_goes_at_its_own_pace_and_with_anything_that_matters():
     assert [(i.kind, getattr(i, "step", None)) for i in items] == [("health", 3), ("alert", None)]
     box.put(ev.HealthSnapshot(status="OK", step=4))
     assert [i.step for i in box.take(everything=True)[0]] == [4]
+
+
+def test_an_experiments_steps_coalesce_to_the_latest_in_publish_order():
+    box = ClientOutbox(capacity=10)
+    box.put(ev.ExperimentStep(experiment="a", step=1))
+    box.put(ev.LogLine(text="between"))
+    box.put(ev.ExperimentStep(experiment="a", step=2))
+    box.put(ev.ExperimentStep(experiment="b", step=7))
+    items, _, dropped = box.take(everything=True)
+    assert [(i.kind, getattr(i, "step", None)) for i in items] == [("log", None), ("step", 2), ("step", 7)]
+    assert dropped == 0
+
+
+def test_a_writer_that_will_look_anyway_is_not_woken():
+    from engine.runtime.client_outbox import WakeClock
+
+    clock = WakeClock()
+    box = ClientOutbox(gather=0.010, clock=clock)
+    clock.wake_at = time.monotonic() + 0.005  # the writer looks again sooner than the step would be due
+    before = clock.wake_at
+    box.put(ev.ExperimentStep(experiment="a", step=1))
+    assert clock.wake_at == before  # not woken
+    box.take(everything=True)
+    clock.wake_at = float("inf")  # the writer sleeps until woken
+    box.put(ev.ExperimentStep(experiment="a", step=2))
+    assert clock.wake_at <= time.monotonic() + 0.010  # woken, told when the step is due

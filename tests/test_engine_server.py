@@ -177,11 +177,16 @@ def test_a_client_that_stops_reading_does_not_slow_the_engine(tmp_path, tiny_mod
             late_events.append(protocol.read_event(message))
 
     def burst(events):
-        return [(e.kind, getattr(e, "step", None), getattr(e, "text", None), getattr(e, "message", None))
-                for e in events if isinstance(e, (ev.ExperimentStep, ev.LogLine, ev.Alert))
-                and "burst" in (getattr(e, "experiment", None) or getattr(e, "text", None) or e.message)]
+        return [(e.kind, getattr(e, "text", None), getattr(e, "message", None))
+                for e in events if isinstance(e, (ev.LogLine, ev.Alert))
+                and "burst" in (getattr(e, "text", None) or e.message)]
+
+    def steps(events):
+        return [e.step for e in events if isinstance(e, ev.ExperimentStep) and e.experiment == "burst"]
 
     assert burst(fresh.events) == burst(published) == burst(late_events)  # complete, in publish order
+    for seen in (steps(fresh.events), steps(late_events)):  # steps: the latest wins, as a console shows only that
+        assert seen[-1] == 399 and seen == sorted(set(seen)) and len(seen) < 400
     late.close()
     fresh.client.shutdown()
     stuck.close()
@@ -212,8 +217,11 @@ def test_resync_after_a_private_alert_repeats_nothing(tmp_path, tiny_model_dir, 
     seen.wait_for(lambda e: isinstance(e, ev.Alert) and e.message == "before 4")
     connection._tell("emergency stop refused: this console attached read-only")
     seen.wait_for(lambda e: isinstance(e, ev.Alert) and e.message.startswith("emergency stop refused"))
-    for i in range(3 * connection.outbox.capacity):  # events that matter, none an alert
+    connection.busy = True  # as while its own thread sends what its socket refused: the writer skips it
+    for i in range(3 * connection.outbox.capacity):  # events that matter, none an alert: the outbox overflows
         driver.engine._events.publish(ev.CheckpointDeleted(checkpoint_id=f"gone {i}"))
+    connection.busy = False
+    driver.engine.server.fanout.wake()
     driver.engine._events.publish(ev.Alert(severity="INFO", message="after", source="test"))
     seen.wait_for(lambda e: isinstance(e, ev.Alert) and e.message == "after")
     assert seen.client.snapshots > 1  # the burst did force a resync

@@ -54,7 +54,7 @@ class Connection:
         self.name = "client"
         self.role = protocol.ROLE_OBSERVER
         self.readonly = True
-        self.outbox = ClientOutbox(server.outbox_capacity or DEFAULT_CAPACITY, lock=server.fanout.ready)
+        self.outbox = ClientOutbox(server.outbox_capacity or DEFAULT_CAPACITY, clock=server.fanout.clock)
         self.snapshot_pending = False
         self.last_alert: Alert | None = None  # the last shared alert sent (a resync skips it and those before)
         self._told: dict[int, Alert] = {}  # this client's own alerts not yet sent (never in the engine's picture)
