@@ -230,6 +230,33 @@ def test_resync_after_a_private_alert_repeats_nothing(tmp_path, tiny_model_dir, 
     seen.client.shutdown()
 
 
+def test_consoles_owed_the_same_batch_share_it_and_each_resyncs_after_what_it_got(tmp_path, tiny_model_dir, engines):
+    """Two consoles get the same alerts in shared batches (encoded once); a resync of either repeats none."""
+    run_dir = tmp_path / "run"
+    driver = engines(tiny_model_dir, run_dir, serve=True)
+    first, second = attach(run_dir), attach(run_dir)
+    for i in range(5):
+        driver.engine._events.publish(ev.Alert(severity="INFO", message=f"shared {i}", source="test"))
+    for seen in (first, second):
+        seen.wait_for(lambda e: isinstance(e, ev.Alert) and e.message == "shared 4")
+    for connection in driver.engine.server.connections:
+        assert connection.last_alert is not None and connection.last_alert.message == "shared 4"
+    later = driver.engine.server.connections[1]
+    later.busy = True  # the writer skips it: its outbox overflows and it resynchronises
+    for i in range(3 * later.outbox.capacity):
+        driver.engine._events.publish(ev.CheckpointDeleted(checkpoint_id=f"gone {i}"))
+    later.busy = False
+    driver.engine.server.fanout.wake()
+    driver.engine._events.publish(ev.Alert(severity="INFO", message="after", source="test"))
+    for seen in (first, second):
+        seen.wait_for(lambda e: isinstance(e, ev.Alert) and e.message == "after")
+        messages = [a.message for a in seen.of(ev.Alert) if a.message.startswith(("shared", "after"))]
+        assert messages == [f"shared {i}" for i in range(5)] + ["after"]
+    assert sorted(s.client.snapshots for s in (first, second)) == [1, 2]
+    for seen in (first, second):
+        seen.client.shutdown()
+
+
 @pytest.mark.parametrize("garbage", [
     b"\xff\xfe\xfd\n",
     b"{this is not json}\n",

@@ -3,8 +3,9 @@
 Every client's outbox (engine.runtime.client_outbox) shares this writer's
 lock, so a publish wakes one thread however many consoles are attached, and
 only when an outbox becomes due (at most once per gathered batch). The writer
-takes what each due client is owed, encodes each event once for all of them,
-and sends each client its batch in one send that never waits: a client whose
+takes what each due client is owed, encodes each event (and each batch owed
+to several clients alike) once for all of them, and sends each client its
+batch in one send that never waits: a client whose
 socket is full gets the rest from its own thread (Connection.hand_off), and is
 skipped here until that thread has sent it. A slow client therefore costs only
 its own thread, as before, and a healthy one costs no thread wake-up of its own.
@@ -81,9 +82,10 @@ class FanoutWriter:
                     return
                 horizon = time.monotonic() + ALIGN
                 batches = [(connection, *connection.outbox.take(horizon=horizon)) for connection in due]
+            joined: dict = {}  # batch bytes by its items, shared by the clients owed the same events
             for connection, items, resync, dropped in batches:
                 try:
-                    connection.deliver(items, resync, dropped)
+                    connection.deliver(items, resync, dropped, joined)
                 except Exception:  # one client's failure must not stop the others' events
                     log.exception("engine socket: sending to console %d failed", connection.number)
                     connection.close()

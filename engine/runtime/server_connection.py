@@ -186,15 +186,26 @@ class Connection:
         finally:
             self.close()
 
-    def deliver(self, items: list, resync: bool, dropped: int) -> None:
-        """Send a batch the fan-out writer took, without waiting: what would wait goes to this connection's thread."""
+    def deliver(self, items: list, resync: bool, dropped: int, joined: dict | None = None) -> None:
+        """Send a batch the fan-out writer took, without waiting: what would wait goes to this connection's thread.
+
+        `joined` (the writer's, for one wake-up) keeps each batch's bytes by the identity of its items:
+        consoles that are owed the same events share one encoding.
+        """
         if dropped and not resync:
             items.insert(0, LogLine(text=f"{dropped} log lines or steps were dropped: this console read too slowly",
                                     source="server"))
         if resync:  # the snapshot first, then this batch (only this client's own items), from this client's thread
             self._hand_off(b"", resync_then=items)
             return
-        data = b"".join(self._encode_all(items))
+        key = tuple(map(id, items)) if joined is not None else None
+        data = joined.get(key) if key is not None else None
+        if data is None:
+            data = b"".join(self._encode_all(items))
+            if key is not None:
+                joined[key] = data
+        else:
+            self._note_alerts(items)
         if not data:
             return
         try:
@@ -227,10 +238,14 @@ class Connection:
                 lines.append(self.server.encoded(item) if isinstance(item, Event) else protocol.encode(item))
             except ProtocolError as exc:
                 lines.append(protocol.encode(protocol.event_message(LogLine(text=f"not sent: {exc}", source="server"))))
-                continue
+        self._note_alerts(items)
+        return lines
+
+    def _note_alerts(self, items: list) -> None:
+        """Remember the last shared alert sent (a resync starts after it); this client's own are not shared."""
+        for item in items:
             if isinstance(item, Alert) and self._told.pop(id(item), None) is None:
                 self.last_alert = item
-        return lines
 
     def _send(self, lines: list[bytes]) -> None:
         with self._send_lock:
