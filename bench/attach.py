@@ -154,7 +154,7 @@ def step_windows(model: str, run_dir: Path, experiment: Path, seconds: float, ro
     import subprocess
 
     from engine.runtime import Engine, EngineConfig
-    from engine.runtime.headless import _print
+    from engine.runtime.headless import LOG_EVERY, _print
     from engine.runtime.socket_paths import socket_path
 
     import torch
@@ -170,6 +170,7 @@ def step_windows(model: str, run_dir: Path, experiment: Path, seconds: float, ro
         while not stop.is_set():
             engine.wait_events(timeout=0.5)
             _print(engine.drain_events(), log)
+            stop.wait(LOG_EVERY)
 
     writer = threading.Thread(target=write_log, daemon=True)
     writer.start()

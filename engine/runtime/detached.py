@@ -3,9 +3,10 @@
 `console.cli` starts this module as its own process in a new session, with
 stdout and stderr going to `<run_dir>/engine.log`. It runs the experiment
 like `redline run --headless` (every event is written to the log as a JSON
-line, so `redline replay engine.log` shows the run), but stays up after the
-experiment ends, serving consoles, until `redline stop`, SIGTERM or SIGINT
-stops it safely with a final checkpoint. SIGHUP is ignored: it has no terminal.
+line, health at the console's pace, so `redline replay engine.log` shows the
+run), but stays up after the experiment ends, serving consoles, until
+`redline stop`, SIGTERM or SIGINT stops it safely with a final checkpoint.
+SIGHUP is ignored: it has no terminal.
 A stop that does not finish within --shutdown-timeout (an experiment stuck in
 a call that cannot be interrupted) ends the process with exit code 5, after
 telling the attached consoles that the final checkpoint was not written.
@@ -19,7 +20,8 @@ import sys
 
 from engine.commands import Shutdown
 from engine.runtime.engine import Engine
-from engine.runtime.headless import EXIT_BAD_INPUT, EXIT_OK, _print, _Signals, build_parser, config_from_args
+from engine.runtime.headless import (EXIT_BAD_INPUT, EXIT_OK, LOG_EVERY, _print, _Signals, build_parser,
+                                     config_from_args)
 
 EXIT_FAILED = 1
 EXIT_NO_FINAL_CHECKPOINT = 5
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     while engine.is_alive():
         engine.wait_events(timeout=0.5)
         _print(engine.drain_events(), sys.stdout)
+        signals.wake.wait(LOG_EVERY)  # events gather meanwhile; a signal ends the pause at once
         if signals.received is not None and not engine._shutdown_requested:
             engine.submit(Shutdown())
         if engine._shutdown_requested:  # by a signal, `redline stop`, a console's q then y, or --on-detach stop

@@ -3,7 +3,10 @@
 The engine serves `<run_dir>/engine.sock` meanwhile, so `redline attach` can
 watch a headless run. Every engine event is printed to stdout as one JSON object per line (flushed),
 so the run can be followed live, piped into tools, or replayed later with
-`redline replay FILE.jsonl`. The process exits when the experiment ends.
+`redline replay FILE.jsonl`. Lines go out every `LOG_EVERY` seconds; health
+snapshots between two writes coalesce to the newest (the console's pace), so a
+fast experiment is not slowed by a log line and a thread wake-up per event.
+The process exits when the experiment ends.
 
 Exit codes:
   0  the experiment finished, or was stopped cleanly by SIGINT/SIGTERM/SIGHUP
@@ -42,6 +45,8 @@ from engine.runtime.outcomes import (
     OUTCOME_STOPPED,
     OUTCOME_UNRECOVERED,
 )
+
+LOG_EVERY = 0.1  # seconds between two writes of the event log (health meanwhile: the newest only)
 
 EXIT_OK = 0
 EXIT_RECOVERED = 1
@@ -202,6 +207,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             engine.wait_events(timeout=0.2)
             if stdout_ok:
                 stdout_ok = _print(engine.drain_events(), out)
+            signals.wake.wait(LOG_EVERY)  # a signal ends the pause at once
             if shutting_down:
                 if time.monotonic() >= deadline:
                     break
