@@ -383,8 +383,10 @@ def test_metadata_is_stored_faithfully(tiny_qwen2, tmp_path):
     assert got["nested"]["list"] == weird["nested"]["list"]
     assert math.isnan(got["nested"]["nan"])
     assert got["big"] == 10**30 and got["tags"] == ["forensic", "nan"]
-    got["purpose"] = "mutated"  # callers get a copy
-    assert cm.get_checkpoint(cid)["metadata"]["purpose"] == weird["purpose"]
+    got["purpose"] = "mutated"  # callers get a copy, nested parts included
+    got["nested"]["list"].append("added")
+    again = cm.get_checkpoint(cid)["metadata"]
+    assert again["purpose"] == weird["purpose"] and again["nested"]["list"] == weird["nested"]["list"]
     assert cm.save_checkpoint() and cm.list_checkpoints()[-1]["metadata"] == {}
 
 
