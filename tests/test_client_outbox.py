@@ -92,12 +92,28 @@ def test_a_writer_that_will_look_anyway_is_not_woken():
     from engine.runtime.client_outbox import WakeClock
 
     clock = WakeClock()
+    notified = []
+    notify = clock.cond.notify
+    clock.cond.notify = lambda n=1: (notified.append(n), notify(n))
     box = ClientOutbox(gather=0.010, clock=clock)
     clock.wake_at = time.monotonic() + 0.005  # the writer looks again sooner than the step would be due
     before = clock.wake_at
     box.put(ev.ExperimentStep(experiment="a", step=1))
-    assert clock.wake_at == before  # not woken
+    assert clock.wake_at == before and not notified  # not woken
     box.take(everything=True)
     clock.wake_at = float("inf")  # the writer sleeps until woken
     box.put(ev.ExperimentStep(experiment="a", step=2))
     assert clock.wake_at <= time.monotonic() + 0.010  # woken, told when the step is due
+    assert len(notified) == 1
+
+
+def test_health_due_within_the_horizon_goes_with_the_batch():
+    box = ClientOutbox(gather=0.0, health_every=0.5)
+    box.put(ev.HealthSnapshot(status="OK", step=1))
+    box.take()  # health just sent: the next is due in 0.5 s
+    box.put(ev.HealthSnapshot(status="OK", step=2))
+    box.put(ev.LogLine(text="routine"))
+    assert [i.kind for i in box.take()[0]] == ["log"]  # by now: health waits
+    box.put(ev.LogLine(text="routine again"))
+    items = box.take(horizon=time.monotonic() + 1.0)[0]  # the writer serves it with a batch due sooner
+    assert [i.kind for i in items] == ["health", "log"]

@@ -5,9 +5,9 @@ lock, so a publish wakes one thread however many consoles are attached, and
 only when an outbox becomes due (at most once per gathered batch). The writer
 takes what each due client is owed, encodes each event (and each batch owed
 to several clients alike) once for all of them, and sends each client its
-batch in one send that never waits: a client whose
-socket is full gets the rest from its own thread (Connection.hand_off), and is
-skipped here until that thread has sent it. A slow client therefore costs only
+batch in one send that never waits: a client whose socket is full gets the
+rest from its own thread (Connection.hand_off), and is skipped here until
+that thread has sent it. A slow client therefore costs only
 its own thread, as before, and a healthy one costs no thread wake-up of its own.
 
 Clients are served together: when one is due, every other whose batch would be
