@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import BindingsMap
-from textual.events import Key
+from textual.events import Key, Resize
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
 
@@ -115,6 +115,15 @@ class RedlineApp(AttachedConsole, MainUpdates, App[int], inherit_bindings=False)
             self.notify(visible(note), title="Keymap", severity="error", timeout=15, markup=False)
         if not self.is_headless and self.watch_terminal:
             self._watch_terminal()
+        self._pin_console_size(self.size.width, self.size.height)
+
+    def on_resize(self, event: Resize) -> None:
+        self._pin_console_size(event.size.width, event.size.height)  # runs before App's handler sets self.size
+
+    def _pin_console_size(self, width: int, height: int) -> None:
+        """Give rich the terminal's size: unset, rich asks the OS (up to three ioctls) each time a cell
+        is measured, six thousand times for a table of a thousand checkpoints on attach."""
+        self.console.size = (width, height)
 
     def on_ready(self) -> None:
         """The first frame is up: start pulling events."""

@@ -1,6 +1,8 @@
 """The checkpoint table: every checkpoint of the run directory, newest first, live.
 
-The purpose comes last so the short columns stay visible in a narrow panel.
+The purpose comes last so the short columns stay visible in a narrow panel. Every cell is a
+rich Text: DataTable parses a plain string as markup (and emoji codes), which is the larger part
+of adding a thousand rows on attach, and would misread a "[" in a name.
 """
 
 from __future__ import annotations
@@ -61,17 +63,17 @@ class CheckpointTable(DataTable):
         shown, self._shown = self._shown, ()
         self.show(shown)
 
-    def _cells(self, info: CheckpointInfo) -> tuple[Text | str, ...]:
+    def _cells(self, info: CheckpointInfo) -> tuple[Text, ...]:
         severity = CHECKPOINT_STATE_SEVERITY.get(info.state)
         state_style = severity_style(self.app, severity) if severity else ""
         verified = {True: Text("yes"), False: Text("FAILED", severity_style(self.app, "CRITICAL")), None: Text("–")}[
             info.verified
         ]
         return (
-            short_id(info.id),
-            time.strftime("%m-%d %H:%M:%S", time.localtime(info.created)),
+            Text(short_id(info.id)),
+            Text(time.strftime("%m-%d %H:%M:%S", time.localtime(info.created))),
             Text(visible(info.state), state_style),
-            human_bytes(info.size_bytes),
+            Text(human_bytes(info.size_bytes)),
             verified,
             Text(shorten(visible(info.purpose), 60)),
         )

@@ -66,15 +66,16 @@ class EditTable(DataTable):
         shown, self._shown = self._shown, ()
         self.show(shown)
 
-    def _cells(self, info: EditInfo) -> tuple[Text | str, ...]:
+    def _cells(self, info: EditInfo) -> tuple[Text, ...]:
+        """Text cells only: DataTable would parse a plain string as markup (slow, and wrong for a "[")."""
         label = outcome_label(info)
         severity = EDIT_OUTCOME_SEVERITY.get("reverted" if info.reverted_by is not None else info.outcome)
         change = largest_change(info)
         return (
-            str(info.id),
-            time.strftime("%H:%M:%S", time.localtime(info.created)),
+            Text(str(info.id)),
+            Text(time.strftime("%H:%M:%S", time.localtime(info.created))),
             Text(label, severity_style(self.app, severity) if severity else ""),
-            "–" if change is None else f"{change:.3g}",
-            str(len(info.tensors)),
+            Text("–" if change is None else f"{change:.3g}"),
+            Text(str(len(info.tensors))),
             Text(shorten(visible(info.description), 60)),
         )

@@ -46,6 +46,17 @@ async def test_a_recording_fills_every_panel(recording):
         assert not app.main.has_class("-compact")
 
 
+async def test_rich_measures_with_the_terminal_size_it_is_told(recording):
+    """Rich asks the OS for the terminal's size at every measure unless told; the app tells it, on resize too."""
+    app = make_app(recording)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert tuple(app.console.size) == WIDE
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause()
+        assert tuple(app.console.size) == (100, 30)
+
+
 async def test_text_from_data_is_shown_literally(recording):
     app = make_app(recording)
     async with app.run_test(size=WIDE) as pilot:
