@@ -68,6 +68,20 @@ async def test_text_from_data_is_shown_literally(recording):
         assert "[bold red]fake markup[/] and ␛[2J escape" in purposes
 
 
+async def test_checkpoint_cells_are_never_read_as_markup(tmp_path):
+    """Every column, not only the purpose: an id from another tool ("[b]...") is shown as written."""
+    odd = "[bold]odd[/bold]"
+    info = ev.CheckpointInfo(id=odd, created=1760000000.0, purpose="p", state="manual", size_bytes=1 << 20)
+    log = tmp_path / "odd.jsonl"
+    log.write_text(json.dumps(ev.CheckpointList(checkpoints=(info,), disk_usage=1 << 20).to_dict()) + "\n")
+    app = make_app(log)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        table = app.main.query_one(CheckpointTable)
+        assert str(table.get_row_at(0)[0]) == odd
+        assert odd in screen_text(app)
+
+
 async def test_severity_toggles_and_text_filter(recording):
     app = make_app(recording)
     async with app.run_test(size=WIDE) as pilot:
