@@ -84,7 +84,7 @@ def console_parser() -> argparse.ArgumentParser:
         "events as JSON lines; `redline run --detach [...]` starts the engine in the background, serving "
         "<run_dir>/engine.sock; `redline attach [RUN_DIR|PID]` (or `--socket PATH`) opens the console on a "
         "running engine; `redline ps [--json]` lists them; `redline stop [RUN_DIR|PID]` stops one safely; "
-        "`redline replay FILE.jsonl` opens the console read-only on a headless log; "
+        "`redline replay FILE.jsonl` opens the console read-only on a headless log; `redline edits ls|show|revert` reads a run's edit journal and reverts one edit; "
         "`redline checkpoints ls|show|verify|diff|export|gc|rm` works on a run's checkpoints (see its --help).",
         epilog=KEYS.format(keymap=default_keymap_path()) + "\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -19,11 +19,10 @@ from pathlib import Path
 
 from console.engine_client import EngineClient, EngineClientError
 from engine.runtime.registry import live_engines, pid_alive
-from engine.runtime.socket_paths import is_answering, socket_path
+from engine.runtime.socket_paths import LOG_NAME, is_answering, socket_path
 
 START_DEADLINE = 300.0  # seconds for a detached engine's socket to answer (loading a real model can take a while)
 STOP_DEADLINE = 600.0  # seconds for a safe stop (the final checkpoint of a large model)
-LOG_NAME = "engine.log"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # Ctrl+C, as a shell reports SIGINT

@@ -16,16 +16,13 @@ Torch-free: the console's command line parses the option with it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from engine.units import human_bytes
+from engine.units import human_bytes, parse_size
 
 OPTION = "--rollback-memory"
 AUTO = "auto"
 OFF = "off"
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 OS_ROOM_FRACTION = 0.10
 OS_ROOM_MIN = 2 << 30
 
@@ -43,11 +40,11 @@ def parse_rollback_memory(value: str | int | None) -> str | int:
     text = str(value).strip().lower()
     if text in (AUTO, OFF):
         return text
-    match = _SIZE.match(text)
-    if match is None:
+    try:
+        return parse_size(text)
+    except ValueError:
         raise ValueError(f"{OPTION}: {value!r} is not a size; use SIZE (a number with an optional K, M, G or T "
-                         f"suffix, powers of 1024: 16G, 512M, 1.5T), auto (what fits in free host memory) or off")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+                         f"suffix, powers of 1024: 16G, 512M, 1.5T), auto (what fits in free host memory) or off") from None
 
 
 def rollback_memory_argument(text: str) -> str | int:

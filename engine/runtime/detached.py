@@ -6,7 +6,8 @@ like `redline run --headless` (every event is written to the log as a JSON
 line, health at the console's pace, so `redline replay engine.log` shows the
 run), but stays up after the experiment ends, serving consoles, until
 `redline stop`, SIGTERM or SIGINT stops it safely with a final checkpoint.
-SIGHUP is ignored: it has no terminal.
+SIGHUP is ignored: it has no terminal. The log is kept to a bounded size
+(engine/runtime/log_rotation.py).
 A stop that does not finish within --shutdown-timeout (an experiment stuck in
 a call that cannot be interrupted) ends the process with exit code 5, after
 telling the attached consoles that the final checkpoint was not written.
@@ -19,9 +20,12 @@ import signal
 import sys
 
 from engine.commands import Shutdown
+from engine.paths import resolve_run_dir
 from engine.runtime.engine import Engine
 from engine.runtime.headless import (EXIT_BAD_INPUT, EXIT_OK, LOG_EVERY, _print, _Signals, build_parser,
                                      config_from_args)
+from engine.runtime.log_rotation import LogRotation, max_bytes_from_environment
+from engine.runtime.socket_paths import LOG_NAME
 
 EXIT_FAILED = 1
 EXIT_NO_FINAL_CHECKPOINT = 5
@@ -32,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_steps is not None and args.max_steps < 1:
         print(f"--max-steps must be at least 1, got {args.max_steps}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        log_max = max_bytes_from_environment()
+    except ValueError as exc:
+        print(f"redline: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     signals = _Signals()
     signals.install()  # before the engine starts: a SIGTERM from then on is a safe stop, never a kill
@@ -48,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"redline: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    log = LogRotation(resolve_run_dir(engine.config.run_dir, engine.config.model) / LOG_NAME, log_max)
     while engine.is_alive():
         engine.wait_events(timeout=0.5)
         _print(engine.drain_events(), sys.stdout)
+        log.check()
         signals.wake.wait(LOG_EVERY)  # events gather meanwhile; a signal ends the pause at once
         if signals.received is not None and not engine._shutdown_requested:
             engine.submit(Shutdown())

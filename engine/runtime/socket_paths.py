@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 SOCKET_NAME = "engine.sock"
+LOG_NAME = "engine.log"  # a background engine's stdout and stderr, beside its socket
 MAX_SOCKET_PATH = 107  # bytes of sun_path, leaving the terminating NUL
 
 
