@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from rich.style import Style
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -19,11 +20,13 @@ from textual.widgets import Input, RichLog, Static
 from console.console_state import StreamEntry
 from console.formatting import clock_time
 from console.severity import severity_style
+from console.widgets.stream_lines import StreamLine, StreamLines
 from console.text import visible
 from engine.events import SEVERITIES
 
 SHORT = {"CRITICAL": "CRIT", "HIGH": "HIGH", "MEDIUM": "MED", "LOW": "LOW", "INFO": "INFO"}
 MAX_LINES = 1000
+DIM, PLAIN = Style(dim=True), Style()
 
 
 class FilterInput(Input):
@@ -51,6 +54,7 @@ class AlertStream(Vertical):
         self._entries = entries
         self._shown = 0
         self._width = 0
+        self._stale = False  # entries came while hidden: draw them all once shown
         self._latest: StreamEntry | None = None  # the newest entry drawn
 
     def compose(self) -> ComposeResult:
@@ -63,9 +67,15 @@ class AlertStream(Vertical):
 
     def on_resize(self, event: Resize) -> None:
         """Lines are wrapped when written: wrap them again for the new width (or once first shown)."""
-        if event.size.width != self._width:
+        if event.size.width != self._width or (self._stale and event.size.width):
             self._width = event.size.width
             self.show_all()
+
+    @property
+    def hidden(self) -> bool:
+        """Not laid out, or in a panel not shown (a narrow terminal shows one panel at a time): no width to
+        wrap lines to. Nothing is drawn meanwhile; the resize that shows the stream draws it whole."""
+        return not self.size.width
 
     @property
     def log_view(self) -> RichLog:
@@ -91,6 +101,9 @@ class AlertStream(Vertical):
         if not entries:
             return
         self._latest = entries[-1]
+        if self.hidden:
+            self._stale = True
+            return
         log = self.log_view
         follow = log.is_vertical_scroll_end or log.max_scroll_y == 0
         lines = [self._line(entry) for entry in entries if self.matches(entry)][-MAX_LINES:]
@@ -98,10 +111,10 @@ class AlertStream(Vertical):
         self._shown = min(self._shown + len(lines), MAX_LINES)
         self._show_status()
 
-    def _write(self, lines: list[Text], follow: bool) -> None:
-        """Many lines (a snapshot on attach) are written as one text: one layout pass, not one per line."""
+    def _write(self, lines: list[StreamLine], follow: bool) -> None:
+        """Many lines (a snapshot on attach) are written as one renderable: one layout pass, not one per line."""
         if lines:
-            self.log_view.write(Text("\n").join(lines) if len(lines) > 1 else lines[0], scroll_end=follow)
+            self.log_view.write(StreamLines(lines), scroll_end=follow)
 
     def show_all(self) -> None:
         """Redraw from scratch (after a filter or theme change)."""
@@ -109,6 +122,9 @@ class AlertStream(Vertical):
         log.clear()
         self._shown = 0
         self._latest = self._entries[-1] if self._entries else None
+        self._stale = self.hidden
+        if self._stale:
+            return
         matching = [e for e in self._entries if self.matches(e)][-MAX_LINES:]
         self._write([self._line(entry) for entry in matching], follow=True)
         self._shown = len(matching)
@@ -137,14 +153,14 @@ class AlertStream(Vertical):
         self.log_view.focus()
         self.show_all()
 
-    def _line(self, entry: StreamEntry) -> Text:
+    def _line(self, entry: StreamEntry) -> StreamLine:
         style = severity_style(self.app, entry.severity)
-        line = Text(no_wrap=False)
-        line.append(clock_time(entry.time) + " ", "dim")
-        line.append(f"{SHORT.get(entry.severity, entry.severity[:4]):<4} ", style)
-        line.append(f"{visible(entry.source)}: ", "dim")
-        line.append(visible(entry.text), style if entry.severity in ("CRITICAL", "HIGH") else "")
-        return line
+        return StreamLine((
+            (clock_time(entry.time) + " ", DIM),
+            (f"{SHORT.get(entry.severity, entry.severity[:4]):<4} ", style),
+            (f"{visible(entry.source)}: ", DIM),
+            (visible(entry.text), style if entry.severity in ("CRITICAL", "HIGH") else PLAIN),
+        ))
 
     def _show_status(self) -> None:
         levels = " ".join(

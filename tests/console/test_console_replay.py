@@ -195,6 +195,34 @@ async def test_compact_layout_switches_panels(recording):
         assert app.main.query_one(Tabs).active == "tab-alerts"
 
 
+async def test_compact_stream_is_drawn_when_shown_at_its_own_width(recording):
+    """Behind a tab the stream has no width: alerts arriving then are not wrapped to a guess (they were
+    drawn 20 cells wide, then again when shown); showing the panel draws every one at its width."""
+    app = make_app(recording)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        stream = app.main.query_one(AlertStream)
+        assert not stream.size.width and app.state.stream
+        assert not stream.log_view.lines
+        await pilot.press("right_square_bracket")
+        await pilot.pause()
+        assert stream.size.width
+        text = stream_text(app)
+        assert "safety_monitor: perplexity 14.9 is 26% above baseline 11.8" in text  # one line: 74 cells
+        assert f"({len(app.state.stream)} shown)" in str(stream.query_one("#stream-status").render())
+        await pilot.press("left_square_bracket")  # hidden again, then a new alert, then shown
+        await pilot.pause()
+        from console.console_state import StreamEntry
+
+        late = StreamEntry(2e9, "HIGH", "test", "arrived while the stream was hidden")
+        app.state.stream.append(late)
+        stream.add([late])
+        assert not stream.size.width and "arrived while" not in stream_text(app)
+        await pilot.press("right_square_bracket")
+        await pilot.pause()
+        assert "test: arrived while the stream was hidden" in stream_text(app)
+
+
 async def test_quit_ends_a_replay_with_code_zero(recording):
     app = make_app(recording)
     async with app.run_test(size=WIDE) as pilot:
