@@ -147,7 +147,8 @@ async def test_emergency_stop_halts_and_rolls_back_and_quit_asks_first(tmp_path,
         await until(pilot, lambda: engine.outcome is not None and app.state.engine_state is EngineState.IDLE,
                     "the emergency stop")
         assert engine.outcome == "stopped"
-        assert any("EMERGENCY STOP" in n for n in notices(app))
+        # the notice follows the frame that draws the engine's answer: on a loaded machine, after the rollback
+        await until(pilot, lambda: any("EMERGENCY STOP" in n for n in notices(app)), "the emergency-stop notice")
         assert any("Emergency stop complete" in e.text for e in app.state.stream)
         await until(pilot, lambda: any(c.state == "forensic" for c in app.state.checkpoints), "the forensic checkpoint")
         steps_after_stop = app.state.step.step
