@@ -80,6 +80,11 @@ def test_emergency_stop_of_a_stuck_python_loop_keeps_forensic_state_and_rolls_ba
     assert any("Emergency stop (test)" in m for m in messages)
     assert any("Forensic checkpoint" in m for m in messages)
     assert any(m.startswith("Verified") for m in messages)
+    # idle after the rollback, perplexity is measured again: the restored baseline's, not "—" until the next run
+    complete = next(i for i, e in enumerate(driver.events)
+                    if isinstance(e, Alert) and e.message.startswith("Emergency stop complete"))
+    measured = driver.wait_for(lambda e: isinstance(e, HealthSnapshot) and e.perplexity is not None, since=complete)
+    assert measured.perplexity == pytest.approx(driver.core.health.baseline_perplexity, rel=1e-3)
     forensic = [c for c in _checkpoints(driver) if c.state == "forensic"]
     assert len(forensic) == 1 and "forensic" in forensic[0].tags and "emergency_stop" in forensic[0].tags
     # nothing lost: the forensic state can be restored

@@ -180,7 +180,8 @@ class EngineCore:
 
         def on_health(result: dict) -> None:
             self.sync.poll_if_unwatched()
-            self.health.publish(result)
+            if not self.health.measure_if_unknown():  # publishes the scan with the new perplexity when it measures
+                self.health.publish(result)
             self.sync.check_disk_copies()
 
         while not self.exit_requested:

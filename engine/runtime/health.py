@@ -27,6 +27,7 @@ class HealthWatch:
         self.last_health: dict | None = None
         self.last_perplexity: float | None = None
         self.perplexity_status = "OK"  # of the last measurement since the last restore
+        self._unmeasurable = False  # measuring after a restore failed: not retried at every idle scan
         self.next_due = 0.0  # time.monotonic() of the next periodic scan
 
     @property
@@ -99,6 +100,20 @@ class HealthWatch:
         metrics = run_benchmarks(self._core.model, self._core.tokenizer, max_tokens=EVAL_TOKENS,
                                  seq_len=EVAL_SEQ_LEN, batch_size=ctx.batch_size if ctx is not None else 8)
         return float(metrics["perplexity"])
+
+    def measure_if_unknown(self) -> bool:
+        """Idle after a restore that did not measure perplexity (an emergency stop's rollback, an automatic
+        one that ended the experiment): measure it once, so the gauge shows the restored model's rather
+        than "—" until the next experiment. True when it measured (and published)."""
+        if self.last_perplexity is not None or not self.baseline_metrics or self._unmeasurable:
+            return False
+        try:
+            self.evaluate()
+        except Exception as exc:  # e.g. out of memory: say so once, keep serving
+            self._unmeasurable = True
+            self._core.alert("LOW", f"Could not measure perplexity after the restore: {type(exc).__name__}: {exc}")
+            return False
+        return True
 
     def evaluate(self) -> float | None:
         """Measure perplexity against the baseline, judge it (perplexity_status) and publish; None without a baseline."""
