@@ -136,7 +136,7 @@ class MainUpdates:
             if toast:
                 self._toast_critical(batch)
         if "checkpoints" in changed:
-            main.checkpoints.show(self.state.checkpoints)
+            main.show_checkpoints(self.state.checkpoints, self.state.disk_usage)
         if "coupling" in changed:
             main.coupling.show(self.state.coupling)
         if "progress" in changed:

@@ -16,6 +16,7 @@ from textual.widget import Widget
 from textual.widgets import Tab, Tabs
 
 from console.console_state import ConsoleState
+from console.formatting import human_bytes
 from console.widgets.alert_stream import AlertStream
 from console.widgets.checkpoint_table import CheckpointTable
 from console.widgets.console_footer import ConsoleFooter
@@ -64,6 +65,12 @@ class MainScreen(Screen):
                 yield self.alerts
         yield self.save_prompt
         yield self.footer
+
+    def show_checkpoints(self, checkpoints: tuple, disk_usage: int) -> None:
+        """The table, and in the panel's title how many there are and what the store takes on disk."""
+        self.checkpoints.show(checkpoints)
+        title = f"Checkpoints · {len(checkpoints)}" + (f" · {human_bytes(disk_usage)} on disk" if disk_usage else "")
+        self.query_one("#panel-checkpoints").border_title = title
 
     def open_save_prompt(self) -> None:
         """The prompt takes the footer's line while it is open."""

@@ -1,6 +1,9 @@
 """The checkpoint table: every checkpoint of the run directory, newest first, live.
 
-The purpose comes last so the short columns stay visible in a narrow panel. Every cell is a
+The purpose comes last so the short columns stay visible in a narrow panel, and the others are
+kept short so that it shows at all in a side-by-side panel: the time without the date when it
+is today, and no size column (every checkpoint of one model references the same tensor bytes;
+the confirmation before a restore shows it, the panel's title the store's size). Every cell is a
 rich Text: DataTable parses a plain string as markup (and emoji codes), which is the larger part
 of adding a thousand rows on attach, and would misread a "[" in a name.
 """
@@ -11,9 +14,9 @@ import re
 import time
 
 from rich.text import Text
+from textual.timer import Timer
 from textual.widgets import DataTable
 
-from console.formatting import human_bytes
 from console.severity import severity_style
 from console.text import shorten, visible
 from engine.events import CheckpointInfo
@@ -28,6 +31,18 @@ def short_id(checkpoint_id: str) -> str:
     return match.group(1) if match else visible(checkpoint_id)
 
 
+def saved_at(epoch: float, today: tuple[int, int]) -> str:
+    """HH:MM:SS for a checkpoint saved today, MM-DD HH:MM for an older one."""
+    saved = time.localtime(epoch)
+    if (saved.tm_yday, saved.tm_year) == today:
+        return time.strftime("%H:%M:%S", saved)
+    return time.strftime("%m-%d %H:%M", saved)
+
+
+def _seconds_to_midnight(now: time.struct_time) -> float:
+    return 86400 - (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec)
+
+
 class CheckpointTable(DataTable):
     DEFAULT_CSS = """
     CheckpointTable { height: 1fr; }
@@ -36,9 +51,11 @@ class CheckpointTable(DataTable):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self._shown: tuple[CheckpointInfo, ...] = ()
+        self._today = (0, 0)  # (day of year, year) when the rows were made
+        self._midnight: Timer | None = None
 
     def on_mount(self) -> None:
-        self.add_columns("id", "time", "state", "size", "verified", "purpose")
+        self.add_columns("id", "time", "state", "verified", "purpose")
 
     @property
     def selected_id(self) -> str | None:
@@ -52,6 +69,12 @@ class CheckpointTable(DataTable):
             return
         selected = self.selected_id
         self._shown = checkpoints
+        now = time.localtime()
+        self._today = now.tm_yday, now.tm_year
+        if self._midnight is not None:
+            self._midnight.stop()
+        # at midnight today's times lose their implied date: draw them again with it
+        self._midnight = self.set_timer(_seconds_to_midnight(now) + 1, self.redraw)
         self.clear()
         for info in reversed(checkpoints):
             self.add_row(*self._cells(info), key=info.id)
@@ -71,9 +94,8 @@ class CheckpointTable(DataTable):
         ]
         return (
             Text(short_id(info.id)),
-            Text(time.strftime("%m-%d %H:%M:%S", time.localtime(info.created))),
+            Text(saved_at(info.created, self._today)),
             Text(visible(info.state), state_style),
-            Text(human_bytes(info.size_bytes)),
             verified,
             Text(shorten(visible(info.purpose), 60)),
         )

@@ -41,6 +41,8 @@ async def test_a_recording_fills_every_panel(recording):
         table = app.main.query_one(CheckpointTable)
         assert table.row_count == 4
         assert table.selected_id.endswith("04ab04cd")  # newest first
+        title = str(app.main.query_one("#panel-checkpoints").border_title)
+        assert title.startswith("Checkpoints · 4 · ") and title.endswith(" MiB on disk")
         assert "lm_head.weight" in str(app.main.query_one("#coupling-text").render())
         assert "perplexity on held-out text" in str(app.main.query_one("#progress").render())
         assert not app.main.has_class("-compact")
@@ -179,6 +181,19 @@ async def test_compare_view_draws_the_recorded_comparison(recording):
         assert isinstance(app.screen, CompareView)
         bars = str(app.screen.query_one(ChangeBars).render())
         assert "5 tensor(s) differ" in bars and "o_proj" in bars and "█" in bars
+
+
+def test_checkpoint_times_drop_the_date_only_for_today():
+    from console.widgets.checkpoint_table import saved_at
+
+    now = time.time()
+    today = time.localtime(now).tm_yday, time.localtime(now).tm_year
+    assert saved_at(now, today) == time.strftime("%H:%M:%S", time.localtime(now))
+    older = now - 3 * 86400
+    assert saved_at(older, today) == time.strftime("%m-%d %H:%M", time.localtime(older))
+    t = time.localtime(now)
+    last_year = time.mktime((t.tm_year - 1, t.tm_mon, t.tm_mday, 12, 0, 0, 0, 0, -1))  # this date, a year ago
+    assert saved_at(last_year, today) == time.strftime("%m-%d %H:%M", time.localtime(last_year))
 
 
 async def test_compact_layout_switches_panels(recording):
