@@ -65,11 +65,9 @@ class LogRotation:
             return False
         sys.stdout.flush()
         sys.stderr.flush()
-        fd = os.open(self.path.with_name(self.path.name + ".new"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
-                     0o600)
+        os.replace(self.path, self.path.with_name(self.path.name + ".1"))  # stdout writes on into it meanwhile
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            os.replace(self.path.with_name(self.path.name + ".new"), self.path)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
         finally:
